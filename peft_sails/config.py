@@ -1,0 +1,217 @@
+"""`SAILSConfig`: a `LoraConfig` whose adapters start inside an SAE-built subspace."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Optional
+
+from peft import LoraConfig
+
+from .sidecar import SIDECAR_NAME, read_sidecar, write_sidecar
+
+SAILS_PEFT_TYPE = "SAILS"
+TOKEN_SCOPES = ("response", "all", "prompt", "last_prompt")
+WRITER_INITS = ("basis", "lora")
+SUBSPACE_FILLS = ("pca", "random")
+DEFAULT_READERS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
+DEFAULT_WRITERS = ["o_proj", "down_proj"]
+
+
+def _int_keys(mapping: Optional[dict], name: str) -> Optional[dict]:
+    """JSON turns int keys into strings: turn them back, and say which key is not a layer index."""
+    if mapping is None:
+        return None
+    out = {}
+    for key, value in mapping.items():
+        try:
+            out[int(key)] = value
+        except (TypeError, ValueError):
+            raise ValueError(f"`{name}` keys must be layer indices (int), got {key!r}.") from None
+    return out
+
+
+@dataclass
+class SAILSConfig(LoraConfig):
+    """LoRA initialised in a subspace built from SAE decoder directions (SAILS, arXiv 2512.23260).
+
+    Stage 1 (`select_features`) stores the chosen SAE features in `features`; stage 2 and 3 run inside
+    `get_peft_model`: the selected decoder rows of every layer in `sae_ids` are stacked, PCA keeps
+    `variance_threshold` of their variance, QR gives an orthonormal basis, and the adapters start in it with
+    the model unchanged at step 0. Saved adapters are plain LoRA plus a `sails_config.json` sidecar.
+    """
+
+    init_lora_weights: Any = field(
+        default="sails",  # LoRA's field metadata (lora_variants) is kept: peft's layers read it
+        metadata={**LoraConfig.__dataclass_fields__["init_lora_weights"].metadata, "help": "Must be 'sails'."},
+    )
+    sae_release: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "sae-lens release (e.g. 'gemma-scope-2b-pt-res-canonical'), any Hub repo id holding sae-lens "
+            "SAEs in sub-folders, or a local directory."
+        },
+    )
+    sae_ids: Optional[dict[int, str]] = field(
+        default=None,
+        metadata={"help": "Layer index -> SAE id in the release, e.g. {5: 'layer_5/width_16k/canonical'}."},
+    )
+    features: Optional[dict[int, list[dict[str, float]]]] = field(
+        default=None,
+        metadata={
+            "help": "Written by `select_features`: layer -> [{'id', 'delta', 'rho'}, ...] sorted by rho, descending."
+        },
+    )
+    top_k: int = field(default=64, metadata={"help": "Features kept per layer (stage 1)."})
+    variance_threshold: float = field(
+        default=0.8, metadata={"help": "Share of the stacked decoder rows' variance the basis keeps, in (0, 1]."}
+    )
+    min_firing_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "A feature is eligible only if it fires on at least this share of scored tokens on one side. "
+            "Features silent on one side all have rho = 1; this keeps rare ones out of the top-k."
+        },
+    )
+    token_scope: Literal["response", "all", "prompt", "last_prompt"] = field(
+        default="response",
+        metadata={
+            "help": "Tokens whose activations are averaged: 'response' (assistant tokens, default), 'all', "
+            "'prompt', or 'last_prompt' (the last prompt token, where the model decides how to answer)."
+        },
+    )
+    norm_mapping: bool = field(
+        default=True,
+        metadata={
+            "help": "Map the residual-stream basis through the RMSNorm weight in front of each reader module "
+            "(and through the inverse of a post-norm behind a writer, as in Gemma-2)."
+        },
+    )
+    writer_init: Literal["basis", "lora"] = field(
+        default="basis",
+        metadata={
+            "help": "Modules that write to the residual stream: 'basis' puts the basis in lora_B's columns with "
+            "lora_A = 0; 'lora' keeps PEFT's default init for them."
+        },
+    )
+    subspace_fill: Literal["pca", "random"] = field(
+        default="pca",
+        metadata={
+            "help": "When the variance threshold gives fewer than r directions: 'pca' adds the next principal "
+            "components of the same features, 'random' adds seeded random directions orthogonal to the basis."
+        },
+    )
+    a_scale: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Norm of each basis vector in the adapter. None matches PEFT's default LoRA init "
+            "(expected row norm 1/sqrt(3) for kaiming-uniform lora_A), so the usual learning rates apply."
+        },
+    )
+    reader_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_READERS),
+        metadata={"help": "Module names whose input is the (normed) residual stream: they get the basis in lora_A."},
+    )
+    writer_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_WRITERS),
+        metadata={"help": "Module names whose output is added to the residual stream."},
+    )
+    check_sae_model: bool = field(
+        default=True,
+        metadata={"help": "Refuse an SAE whose metadata names another model than the one being adapted."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for the 'random' subspace fill."})
+    # Selection data named in the config, so that `get_peft_model` can run stage 1 itself.
+    aligned_dataset: Optional[str] = field(
+        default=None, metadata={"help": "Dataset id or local path of aligned data (harmful request + refusal)."}
+    )
+    unaligned_dataset: Optional[str] = field(
+        default=None, metadata={"help": "Dataset id or local path of unaligned data (harmful request + compliance)."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of the selection datasets."})
+    messages_column: str = field(default="messages", metadata={"help": "Column with chat messages."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Prompt column (prompt/completion format)."})
+    completion_column: str = field(default="completion", metadata={"help": "Completion column."})
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer for selection; defaults to the model's `name_or_path`."}
+    )
+    selection_batch_size: int = field(default=8, metadata={"help": "Batch size of the selection forward passes."})
+    max_length: int = field(default=512, metadata={"help": "Examples are truncated to this many tokens."})
+    max_selection_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use at most this many rows of each selection dataset."}
+    )
+    subspace_stats: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "Written at initialisation: basis size and variance kept, per layer and overall."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = SAILS_PEFT_TYPE
+        if self.init_lora_weights != "sails":
+            raise ValueError(
+                f"SAILSConfig needs init_lora_weights='sails', got {self.init_lora_weights!r}; "
+                "use peft.LoraConfig for other initialisations."
+            )
+        if not self.sae_release:
+            raise ValueError("`sae_release` is required: a sae-lens release, a Hub repo id or a local directory.")
+        self.sae_ids = _int_keys(self.sae_ids, "sae_ids")
+        if not self.sae_ids:
+            raise ValueError("`sae_ids` must map at least one layer to an SAE id, e.g. {5: 'layer_5/width_16k/canonical'}.")
+        self.features = _int_keys(self.features, "features")
+        if self.features is not None:
+            extra = sorted(set(self.features) - set(self.sae_ids))
+            if extra:
+                raise ValueError(f"`features` has layers {extra} that are not in `sae_ids` {sorted(self.sae_ids)}.")
+        if not isinstance(self.top_k, int) or self.top_k <= 0:
+            raise ValueError(f"`top_k` must be a positive integer, got {self.top_k!r}.")
+        if not 0.0 < float(self.variance_threshold) <= 1.0:
+            raise ValueError(f"`variance_threshold` must be in (0, 1], got {self.variance_threshold!r}.")
+        if not 0.0 <= float(self.min_firing_rate) <= 1.0:
+            raise ValueError(f"`min_firing_rate` must be in [0, 1], got {self.min_firing_rate!r}.")
+        for name, value, allowed in (
+            ("token_scope", self.token_scope, TOKEN_SCOPES),
+            ("writer_init", self.writer_init, WRITER_INITS),
+            ("subspace_fill", self.subspace_fill, SUBSPACE_FILLS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
+        if self.a_scale is not None and not self.a_scale > 0:
+            raise ValueError(f"`a_scale` must be positive (or None for LoRA's scale), got {self.a_scale!r}.")
+        if self.selection_batch_size <= 0 or self.max_length <= 0:
+            raise ValueError("`selection_batch_size` and `max_length` must be positive.")
+        if (self.aligned_dataset is None) != (self.unaligned_dataset is None):
+            raise ValueError("Name both `aligned_dataset` and `unaligned_dataset`, or neither.")
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.sae_ids)
+
+    def stock_lora_config(self) -> LoraConfig:
+        """The plain `LoraConfig` this adapter is saved as (default init, no SAILS fields)."""
+        kwargs = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(LoraConfig) if f.init}
+        kwargs.pop("peft_type", None)
+        kwargs["init_lora_weights"] = True
+        return LoraConfig(**kwargs)
+
+    def sails_dict(self) -> dict[str, Any]:
+        """The SAILS-specific fields (everything a plain LoraConfig lacks)."""
+        lora_names = {f.name for f in fields(LoraConfig)}
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in lora_names}
+        return json.loads(json.dumps(out))  # int keys -> str, as on disk
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Write a plain-LoRA `adapter_config.json` (loads without peft_sails) and the `sails_config.json` sidecar."""
+        self.stock_lora_config().save_pretrained(save_directory, **kwargs)
+        write_sidecar(os.path.join(save_directory, SIDECAR_NAME), self.sails_dict())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load the full SAILS config of a saved adapter (local directory or Hub repo): LoRA fields + sidecar."""
+        lora = LoraConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        sails = read_sidecar(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        lora_kwargs = {f.name: getattr(lora, f.name) for f in fields(LoraConfig) if f.init}
+        lora_kwargs.pop("peft_type", None)
+        lora_kwargs["init_lora_weights"] = "sails"
+        return cls(**lora_kwargs, **sails)

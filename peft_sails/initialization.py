@@ -1,0 +1,188 @@
+"""Stage 3: write the SAILS basis into the LoRA adapters (the model is unchanged at step 0)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+from typing import Literal, Optional
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import SAILSConfig
+from .residual import decoder_layers
+from .sae_loading import check_sae_fits, load_sae
+from .subspace import Subspace, _principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
+
+logger = logging.getLogger(__name__)
+
+LORA_ROW_NORM = 1 / math.sqrt(3)  # expected row norm of PEFT's kaiming-uniform(a=sqrt(5)) lora_A
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.([^.]+)\.")
+_ATTENTION_BLOCKS = ("self_attn", "attn", "attention")
+Role = Literal["reader", "writer"]
+
+
+def decoder_rows_of_features(model: nn.Module, config: SAILSConfig, show_progress: bool = True) -> dict[int, torch.Tensor]:
+    """Load each layer's SAE in turn, check it fits `model`, keep only the selected decoder rows (float32, CPU)."""
+    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    rows = {}
+    for layer in tqdm(config.layers, desc="SAILS subspace: loading SAEs", disable=not show_progress):
+        ids = [f["id"] for f in config.features.get(layer, [])]
+        if not ids:
+            continue
+        sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
+        check_sae_fits(sae, model, layer, config.check_sae_model)
+        if max(ids) >= sae.cfg.d_sae:
+            raise ValueError(
+                f"Feature id {max(ids)} at layer {layer} does not exist: the SAE has d_sae={sae.cfg.d_sae}. "
+                "The features were selected with another SAE; run select_features again."
+            )
+        rows[layer] = sae.W_dec[ids].detach().float().cpu().clone()
+        del sae
+    if not rows:
+        raise ValueError("`features` selects no feature in any layer; run select_features first.")
+    return rows
+
+
+def module_role(name: str, config: SAILSConfig) -> Optional[Role]:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in config.reader_modules:
+        return "reader"
+    if leaf in config.writer_modules:
+        return "writer"
+    return None
+
+
+def _norm_scale(block: nn.Module, sub_block: str, role: Role, hidden: int) -> Optional[torch.Tensor]:
+    """Elementwise scale of the RMSNorm in front of a reader (or behind a writer, Gemma-2 style); None if none."""
+    sandwich = hasattr(block, "pre_feedforward_layernorm")  # Gemma-2: norms before and after each sub-block
+    attention = sub_block in _ATTENTION_BLOCKS
+    if role == "reader":
+        name = "input_layernorm" if attention else ("pre_feedforward_layernorm" if sandwich else "post_attention_layernorm")
+    elif sandwich:
+        name = "post_attention_layernorm" if attention else "post_feedforward_layernorm"
+    else:
+        return None
+    norm = getattr(block, name, None)
+    if norm is None or "RMSNorm" not in type(norm).__name__:
+        raise ValueError(
+            f"norm_mapping=True needs the RMSNorm '{name}' of {type(block).__name__}, found "
+            f"{type(norm).__name__ if norm is not None else 'nothing'}; set norm_mapping=False for this architecture."
+        )
+    weight = next(norm.parameters())
+    probe = torch.ones(1, 1, hidden, dtype=weight.dtype, device=weight.device)
+    return norm(probe).float().flatten().cpu()  # = weight (Llama) or 1 + weight (Gemma), up to 1/sqrt(1 + eps)
+
+
+def _mapped_basis(basis: torch.Tensor, scale: Optional[torch.Tensor], role: Role) -> torch.Tensor:
+    if scale is None:
+        return basis
+    if role == "writer":  # a direction v before the post-norm comes out as scale * v: pre-divide by scale
+        sign = torch.where(scale < 0, -1.0, 1.0)
+        scale = 1 / (sign * scale.abs().clamp_min(1e-3 * scale.abs().max()))
+    return orthonormalize_rows(basis.double() * scale.double()).float()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PeftModel / LoraModel (or the model itself)."""
+    if isinstance(model, PeftModel):
+        return model.get_base_model()
+    return model.model if isinstance(model, BaseTuner) else model
+
+
+def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress: bool = True) -> tuple[Subspace, dict]:
+    """Stage 2 from `config.features`: the basis, and statistics to store in `config.subspace_stats`."""
+    rows = decoder_rows_of_features(model, config, show_progress)
+    ranks = [config.r, *config.rank_pattern.values()] if config.rank_pattern else [config.r]
+    subspace = build_subspace(torch.cat(list(rows.values())), config.variance_threshold, max(ranks),
+                              fill=config.subspace_fill, seed=config.seed)
+    per_layer = {
+        str(layer): {
+            "n_features": int(r.shape[0]),
+            "n_directions_at_threshold": directions_for_variance(_principal_directions(r)[1], config.variance_threshold),
+        }
+        for layer, r in rows.items()
+    }
+    stats = {
+        "subspace_dim": int(subspace.basis.shape[0]),
+        "n_directions_at_threshold": subspace.n_threshold,
+        "n_principal_rows": subspace.n_pca,
+        "n_random_rows": subspace.n_random,
+        "variance_kept": subspace.variance_kept,
+        "per_layer": per_layer,
+    }
+    return subspace, stats
+
+
+@torch.no_grad()
+def initialize_sails_weights(
+    model: nn.Module,
+    adapter_name: str = "default",
+    config: Optional[SAILSConfig] = None,
+    show_progress: bool = True,
+) -> None:
+    """Initialise the LoRA weights of `adapter_name` in the SAILS subspace, in place.
+
+    Call it after `get_peft_model(model, config, low_cpu_mem_usage=True)` (weights left on the meta device are
+    created here), or let `get_peft_model` call it. For each adapted module:
+
+    - readers of the residual stream (`config.reader_modules`, e.g. q/k/v/gate/up): `lora_A` = basis rows (mapped
+      through the module's input RMSNorm weight with `norm_mapping`), `lora_B` = 0;
+    - writers (`config.writer_modules`, e.g. o/down) with `writer_init="basis"`: `lora_B` columns = basis (mapped
+      through the inverse of a post-norm, as in Gemma-2), `lora_A` = 0; with `"lora"`: PEFT's default init;
+    - other modules keep PEFT's default init (a warning lists them).
+
+    Every basis vector has norm `config.a_scale` (default 1/sqrt(3), PEFT's expected row norm for lora_A), so
+    the usual LoRA learning rates apply. Either `lora_A` or `lora_B` is zero, so outputs equal the base model's.
+    Memory: one SAE at a time, then only the selected decoder rows and an `[r, d_model]` basis.
+    """
+    config = config or model.peft_config[adapter_name]
+    if not config.features:
+        raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
+    base = _unwrap(model)
+    hidden = base.config.hidden_size
+    subspace, stats = compute_sails_subspace(base, config, show_progress)
+    blocks = decoder_layers(base)
+    scale = config.a_scale or LORA_ROW_NORM
+    stock_config = copy.copy(config)
+    stock_config.init_lora_weights = True
+    counts = {"reader": 0, "writer": 0}
+    default_init = []
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
+            continue
+        rank = module.r[adapter_name]
+        if module.lora_A[adapter_name].weight.is_meta:
+            module.update_layer(adapter_name, r=rank, lora_alpha=module.lora_alpha[adapter_name], config=stock_config)
+        role = module_role(name, config)
+        if role is None or (role == "writer" and config.writer_init == "lora"):
+            default_init.append(name)
+            continue
+        lora_a, lora_b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
+        width = lora_a.shape[1] if role == "reader" else lora_b.shape[0]
+        if width != hidden:
+            raise ValueError(
+                f"{name} is listed as a {role} of the residual stream but its {'input' if role == 'reader' else 'output'} "
+                f"width is {width}, not hidden_size={hidden}; fix reader_modules/writer_modules."
+            )
+        match = _LAYER_INDEX.search(name)
+        norm = _norm_scale(blocks[int(match.group(1))], match.group(2), role, hidden) if (config.norm_mapping and match) else None
+        vectors = _mapped_basis(subspace.basis[:rank], norm, role) * scale
+        if role == "reader":
+            lora_a.copy_(vectors.to(lora_a))
+            lora_b.zero_()
+        else:
+            lora_b.copy_(vectors.T.to(lora_b))
+            lora_a.zero_()
+        counts[role] += 1
+    if default_init and config.writer_init != "lora":
+        logger.warning("SAILS: %d modules are neither readers nor writers and keep LoRA's default init: %s",
+                       len(default_init), default_init[:8])
+    stats.update(n_reader_modules=counts["reader"], n_writer_modules=counts["writer"], n_default_init=len(default_init))
+    config.subspace_stats = stats

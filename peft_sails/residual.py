@@ -1,0 +1,80 @@
+"""Residual-stream sites of a transformers decoder, and forward hooks that read them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+_RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+@dataclass(frozen=True)
+class ResidualSite:
+    """Where an SAE reads the residual stream: before (`pre`) or after (`post`) decoder layer `layer`.
+
+    TransformerLens' `blocks.L.hook_resid_post` is the output of `model.model.layers[L]`, i.e.
+    `hidden_states[L + 1]` of `output_hidden_states=True`; `hook_resid_pre` is that layer's input.
+    """
+
+    layer: int
+    position: Literal["pre", "post"]
+
+    @classmethod
+    def from_hook_name(cls, hook_name: str) -> "ResidualSite":
+        match = _RESID_HOOK.match(hook_name or "")
+        if match is None:
+            raise ValueError(
+                f"SAE hook {hook_name!r} is not a residual-stream hook; SAILS needs an SAE trained on "
+                "'blocks.L.hook_resid_post' or 'blocks.L.hook_resid_pre' (e.g. Gemma Scope 'res' or Llama Scope 'R')."
+            )
+        return cls(int(match.group(1)), match.group(2))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a transformers causal LM (Llama, Gemma-2, Mistral, Qwen... all use `.layers`)."""
+    n_layers = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.endswith("layers") and len(module) == n_layers:
+            return module
+    raise ValueError(
+        f"Could not find the {n_layers} decoder layers of {type(model).__name__} (an nn.ModuleList named '*layers')."
+    )
+
+
+class StopForward(Exception):
+    """Raised by a hook to skip the layers after the site being read."""
+
+
+@contextmanager
+def read_residual(
+    model: nn.Module, site: ResidualSite, fn: Callable[[torch.Tensor], None], stop: bool = True
+) -> Iterator[None]:
+    """Call `fn(hidden_states)` at `site` on every forward pass; with `stop`, end the pass there.
+
+    With `stop=True` wrap the forward call in `try/except StopForward`; layers after the site never run.
+    """
+    block = decoder_layers(model)[site.layer]
+
+    def _read(hidden: torch.Tensor) -> None:
+        fn(hidden)
+        if stop:
+            raise StopForward
+
+    if site.position == "post":
+        handle = block.register_forward_hook(
+            lambda module, args, output: _read(output[0] if isinstance(output, tuple) else output)
+        )
+    else:
+        handle = block.register_forward_pre_hook(
+            lambda module, args, kwargs: _read(args[0] if args else kwargs["hidden_states"]), with_kwargs=True
+        )
+    try:
+        yield
+    finally:
+        handle.remove()

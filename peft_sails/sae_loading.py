@@ -1,0 +1,73 @@
+"""Load SAEs through sae-lens and tie each one to a residual-stream position of a transformers model."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+from sae_lens import SAE
+from torch import nn
+
+from .residual import ResidualSite
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def load_sae(release: str, sae_id: str, device: str | torch.device = "cpu") -> SAE:
+    """Load one SAE with sae-lens: from a release or Hub repo id (`SAE.from_pretrained`) or a local directory.
+
+    A local directory is either the SAE folder itself (`cfg.json` + `sae_weights.safetensors`) or a folder that
+    holds it under `sae_id`. Errors name the release, the id, and whether `HF_HUB_OFFLINE` is set.
+    """
+    device = str(device)
+    if os.path.isdir(release):
+        path = os.path.join(release, sae_id) if os.path.isdir(os.path.join(release, sae_id)) else release
+        if not os.path.isfile(os.path.join(path, "cfg.json")):
+            raise FileNotFoundError(f"No sae-lens SAE (cfg.json) in {path!r} for sae_id {sae_id!r}.")
+        return SAE.load_from_disk(path, device=device)
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError) as err:
+        hint = (
+            "HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched: download the SAE once "
+            "with a network, or point `sae_release` at a local directory."
+            if _offline()
+            else "Check the release/repo id and the SAE id (sae-lens' pretrained_saes.yaml lists the releases)."
+        )
+        raise FileNotFoundError(
+            f"Could not load SAE {sae_id!r} of release {release!r} ({type(err).__name__}). {hint}"
+        ) from err
+    except ValueError as err:  # sae-lens: unknown release or id, with the valid ids in its message
+        raise ValueError(f"SAE {sae_id!r} of release {release!r}: {err}") from err
+
+
+def _model_names(model: nn.Module) -> list[str]:
+    names = [getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)]
+    return [n.rsplit("/", 1)[-1].lower() for n in names if n]
+
+
+def check_sae_fits(sae: SAE, model: nn.Module, layer: int, check_model_name: bool = True) -> ResidualSite:
+    """Check that `sae` reads the residual stream of `model` at decoder layer `layer`; return where it reads."""
+    meta = sae.cfg.metadata
+    site = ResidualSite.from_hook_name(meta.hook_name)
+    n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    if site.layer != layer:
+        raise ValueError(f"The SAE given for layer {layer} reads '{meta.hook_name}' (layer {site.layer}); fix `sae_ids`.")
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"SAE layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1}).")
+    if sae.cfg.d_in != hidden:
+        raise ValueError(
+            f"SAE for layer {layer} has d_in={sae.cfg.d_in} but the model's hidden size is {hidden}: "
+            "this SAE was trained on another model."
+        )
+    sae_model = (meta.model_name or "").rsplit("/", 1)[-1].lower()
+    names = _model_names(model)
+    if check_model_name and sae_model and names and not any(n.startswith(sae_model) for n in names):
+        raise ValueError(
+            f"SAE for layer {layer} was trained on '{meta.model_name}', but the model is '{names[0]}'. "
+            "Use the SAE of this model (or of its base model), or set check_sae_model=False if you are sure."
+        )
+    return site

@@ -1,0 +1,195 @@
+"""Stage 1: score SAE features by how differently they fire on aligned and unaligned data; keep the top-k."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from datasets import load_dataset, load_from_disk
+from sae_lens import SAE
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from .config import SAILSConfig
+from .data import check_selection_data, iter_scored_batches
+from .residual import ResidualSite, StopForward, read_residual
+from .sae_loading import check_sae_fits, load_sae
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureStats:
+    """Running sums of SAE feature activations over scored tokens; memory is O(d_sae), whatever the data size."""
+
+    act_sum: torch.Tensor
+    abs_sum: torch.Tensor
+    fire_count: torch.Tensor
+    n_tokens: int = 0
+
+    @classmethod
+    def zeros(cls, d_sae: int, device: torch.device | str = "cpu") -> "FeatureStats":
+        z = lambda: torch.zeros(d_sae, dtype=torch.float64, device=device)  # noqa: E731
+        return cls(z(), z(), z())
+
+    def update(self, acts: torch.Tensor) -> None:
+        """Add a [tokens, d_sae] block of activations."""
+        self.act_sum += acts.sum(0, dtype=torch.float64)
+        self.abs_sum += acts.abs().sum(0, dtype=torch.float64)
+        self.fire_count += (acts != 0).sum(0, dtype=torch.float64)
+        self.n_tokens += acts.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.act_sum / max(self.n_tokens, 1)
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        return self.abs_sum / max(self.n_tokens, 1)
+
+    @property
+    def firing_rate(self) -> torch.Tensor:
+        return self.fire_count / max(self.n_tokens, 1)
+
+
+def rank_features(
+    aligned: FeatureStats, unaligned: FeatureStats, top_k: int, min_firing_rate: float = 0.0
+) -> list[dict[str, float]]:
+    """Rank features by rho = |delta| / max(mean |act| aligned, mean |act| unaligned), delta = aligned - unaligned.
+
+    Ties in rho (every feature silent on one side has rho = 1 exactly) are broken by |delta|, then by id, so the
+    top-k is never an arbitrary pick. Features that fire on less than `min_firing_rate` of the scored tokens on
+    both sides, or whose delta is 0, are not eligible. Returns `[{"id", "delta", "rho"}, ...]`, best first.
+    """
+    delta = (aligned.mean - unaligned.mean).cpu()
+    scale = torch.maximum(aligned.abs_mean, unaligned.abs_mean).cpu()
+    rho = torch.where(scale > 0, delta.abs() / scale.clamp_min(1e-300), torch.zeros_like(delta))
+    firing = torch.maximum(aligned.firing_rate, unaligned.firing_rate).cpu()
+    eligible = (delta != 0) & (firing >= min_firing_rate)
+    ids = torch.nonzero(eligible).flatten()
+    if len(ids) == 0:
+        raise ValueError(
+            f"No SAE feature is eligible (delta != 0 and firing rate >= min_firing_rate={min_firing_rate}); "
+            "lower min_firing_rate or check that the aligned and unaligned data differ."
+        )
+    if len(ids) < top_k:
+        logger.warning("Only %d features are eligible; keeping all of them instead of top_k=%d.", len(ids), top_k)
+    # lexicographic sort: rho desc, |delta| desc, id asc (stable sorts, least significant key first)
+    order = ids
+    order = order[torch.sort(delta[order].abs(), descending=True, stable=True).indices]
+    order = order[torch.sort(rho[order], descending=True, stable=True).indices]
+    chosen = order[:top_k]
+    n_tied = int((rho[ids] == rho[chosen[-1]]).sum())
+    if n_tied > 1 and len(order) > top_k and rho[order[top_k]] == rho[chosen[-1]]:
+        logger.info("%d eligible features share rho=%.4f at the top-k cut; |delta| decided.", n_tied, rho[chosen[-1]])
+    return [{"id": int(i), "delta": float(delta[i]), "rho": float(rho[i])} for i in chosen]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(p.device for p in model.parameters() if p.device.type != "meta")
+
+
+@torch.no_grad()
+def accumulate_feature_stats(
+    model: nn.Module,
+    sae: SAE,
+    site: ResidualSite,
+    batches: Any,
+    desc: str = "",
+    show_progress: bool = True,
+) -> FeatureStats:
+    """Run `batches` through `model` up to `site`, encode the scored tokens with `sae` (float32) and sum up."""
+    device = model_device(model)
+    stats = FeatureStats.zeros(sae.cfg.d_sae, device)
+    current: dict[str, torch.Tensor] = {}
+
+    def consume(hidden: torch.Tensor) -> None:
+        x = hidden[current["mask"]].float()
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                f"Non-finite residual activations at layer {site.layer} ({desc}); the model's weights or dtype "
+                "overflow (try float32 or bfloat16 instead of float16)."
+            )
+        stats.update(sae.encode(x))
+
+    with read_residual(model, site, consume):
+        for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+            current["mask"] = batch.score_mask
+            try:
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            except StopForward:
+                pass
+    if stats.n_tokens == 0:
+        raise ValueError(f"No tokens to score at layer {site.layer} ({desc}): check token_scope and max_length.")
+    return stats
+
+
+def select_features(
+    model: nn.Module,
+    tokenizer: Any,
+    config: SAILSConfig,
+    aligned: Any,
+    unaligned: Any,
+    show_progress: bool = True,
+) -> SAILSConfig:
+    """Stage 1 of SAILS: return a copy of `config` with `features` set for every layer in `config.sae_ids`.
+
+    Args:
+        model: the base `transformers` causal LM (any dtype/device; SAE math runs in float32 on its device).
+        tokenizer: its (fast) tokenizer, with a chat template for chat-format data.
+        config: a `SAILSConfig`; `top_k`, `min_firing_rate`, `token_scope` and the column names are used.
+        aligned, unaligned: `datasets.Dataset` (or lists of dicts) in chat (`messages`) or prompt/completion format:
+            harmful requests with refusals, and the same kind of requests with compliance.
+
+    One SAE is loaded at a time and released after its layer is scored. Each forward pass stops at the SAE's
+    layer. Memory: one batch of activations plus O(d_sae) running sums per side; it does not grow with the data.
+    """
+    for data, name in ((aligned, "aligned"), (unaligned, "unaligned")):
+        check_selection_data(data, config, tokenizer, name)
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    features: dict[int, list[dict[str, float]]] = {}
+    try:
+        for layer in tqdm(config.layers, desc="SAILS feature selection", disable=not show_progress):
+            sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
+            site = check_sae_fits(sae, model, layer, config.check_sae_model)
+            if config.top_k > sae.cfg.d_sae:
+                raise ValueError(f"top_k={config.top_k} is larger than the SAE width d_sae={sae.cfg.d_sae} at layer {layer}.")
+            sides = [
+                accumulate_feature_stats(
+                    model, sae, site, iter_scored_batches(data, config, tokenizer, device),
+                    desc=f"layer {layer} {name}", show_progress=show_progress,
+                )
+                for data, name in ((aligned, "aligned"), (unaligned, "unaligned"))
+            ]
+            features[layer] = rank_features(*sides, top_k=config.top_k, min_firing_rate=config.min_firing_rate)
+            del sae, sides
+    finally:
+        model.train(was_training)
+    selected = copy.deepcopy(config)
+    selected.features = features
+    return selected
+
+
+def select_features_from_config(model: nn.Module, config: SAILSConfig, tokenizer: Optional[Any] = None) -> None:
+    """Run stage 1 on the datasets named in `config` (Hub ids or local paths) and set `config.features` in place."""
+    def _load(name: str):
+        if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
+            data = load_from_disk(name)
+        else:
+            data = load_dataset(name, split=config.dataset_split)
+        return data[config.dataset_split] if hasattr(data, "keys") and config.dataset_split in data else data
+
+    if tokenizer is None:
+        name = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or config.base_model_name_or_path
+        if not name:
+            raise ValueError("Set `tokenizer_name_or_path` in SAILSConfig: the model does not say where it came from.")
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    result = select_features(model, tokenizer, config, _load(config.aligned_dataset), _load(config.unaligned_dataset))
+    config.features = result.features
