@@ -1,0 +1,131 @@
+"""Stage 3 through `get_peft_model`: step-0 identity, adapters inside the subspace, two-step init, errors."""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import LAYERS, in_span, sails_config
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from peft_sails import initialize_sails_weights
+
+
+def _decoder_rows(config, saes):
+    return torch.cat([saes[layer].W_dec[[f["id"] for f in config.features[layer]]].detach() for layer in LAYERS])
+
+
+def _lora(model, name, adapter="default"):
+    module = model.get_submodule(name)
+    return module.lora_A[adapter].weight.detach(), module.lora_B[adapter].weight.detach()
+
+
+def _logits(model, tokenizer, data):
+    batch = tokenizer.apply_chat_template([r["messages"] for r in data[0].select(range(4))], return_tensors="pt",
+                                          return_dict=True, padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_step0_outputs_equal_base(llama, tokenizer, data, selected_config):
+    base = _logits(llama, tokenizer, data)
+    peft_model = get_peft_model(llama, copy.deepcopy(selected_config))
+    assert torch.equal(_logits(peft_model, tokenizer, data), base)
+    stats = peft_model.peft_config["default"].subspace_stats
+    assert stats["n_reader_modules"] == 4 * 5 and stats["n_writer_modules"] == 4 * 2
+
+
+def test_readers_and_writers_lie_in_feature_span(llama, selected_config, planted_saes):
+    with torch.no_grad():  # give the RMSNorms structure, so the mapping through them is visible
+        for layer in llama.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+    rows = _decoder_rows(selected_config, planted_saes)
+    scale = llama.model.layers[0].input_layernorm.weight.detach()
+    peft_model = get_peft_model(llama, copy.deepcopy(selected_config))
+    a, b = _lora(peft_model, "base_model.model.model.layers.0.self_attn.q_proj")
+    assert torch.count_nonzero(b) == 0
+    assert in_span(a, rows * scale) and not in_span(a, rows)
+    assert torch.allclose(a.norm(dim=1), torch.full((4,), 1 / math.sqrt(3)), atol=1e-5)
+    a, b = _lora(peft_model, "base_model.model.model.layers.3.mlp.down_proj")  # a writer
+    assert torch.count_nonzero(a) == 0 and in_span(b.T, rows)
+
+
+def test_default_lora_init_is_not_in_span(llama, selected_config, planted_saes):
+    rows = _decoder_rows(selected_config, planted_saes)
+    peft_model = get_peft_model(llama, LoraConfig(r=4, target_modules=["q_proj"]))
+    a, _ = _lora(peft_model, "base_model.model.model.layers.0.self_attn.q_proj")
+    assert not in_span(a, rows, tol=1e-2)
+
+
+def test_norm_mapping_off_and_lora_writers(llama, selected_config, planted_saes):
+    rows = _decoder_rows(selected_config, planted_saes)
+    config = copy.deepcopy(selected_config)
+    config.norm_mapping, config.writer_init, config.a_scale = False, "lora", 2.0
+    peft_model = get_peft_model(llama, config)
+    a, _ = _lora(peft_model, "base_model.model.model.layers.2.mlp.up_proj")
+    assert in_span(a, rows) and torch.allclose(a.norm(dim=1), torch.full((4,), 2.0), atol=1e-5)
+    a, b = _lora(peft_model, "base_model.model.model.layers.2.self_attn.o_proj")
+    assert torch.count_nonzero(b) == 0 and torch.count_nonzero(a) == a.numel()  # PEFT's default init
+
+
+def test_init_is_deterministic(tokenizer, selected_config):
+    from peft_sails.offline import tiny_llama
+
+    states = [get_peft_model(tiny_llama(tokenizer), copy.deepcopy(selected_config)).state_dict() for _ in range(2)]
+    lora_keys = [k for k in states[0] if "lora_" in k]
+    assert lora_keys and all(torch.equal(states[0][k], states[1][k]) for k in lora_keys)
+
+
+def test_two_step_init_with_low_cpu_mem_usage(tokenizer, selected_config):
+    from peft_sails.offline import tiny_llama
+
+    eager = get_peft_model(tiny_llama(tokenizer), copy.deepcopy(selected_config))
+    lazy = get_peft_model(tiny_llama(tokenizer), copy.deepcopy(selected_config), low_cpu_mem_usage=True)
+    assert all(m.lora_A["default"].weight.is_meta for m in lazy.modules() if isinstance(m, LoraLayer))
+    initialize_sails_weights(lazy)
+    eager_sd, lazy_sd = eager.state_dict(), lazy.state_dict()
+    assert all(torch.equal(eager_sd[k], lazy_sd[k]) for k in eager_sd if "lora_" in k)
+
+
+def test_missing_features_says_how_to_fix(llama):
+    with pytest.raises(ValueError, match="select_features"):
+        get_peft_model(llama, sails_config())
+    assert not any(isinstance(m, LoraLayer) for m in llama.modules())  # the model was left untouched
+
+
+def test_gemma2_step0_and_norm_mapping(gemma_world, tokenizer, data):
+    from peft_sails import select_features
+    from peft_sails.sae_loading import load_sae
+
+    config, model = gemma_world
+    config = select_features(model, tokenizer, config, data[0], data[1], show_progress=False)
+    base = _logits(model, tokenizer, data)
+    peft_model = get_peft_model(model, config)
+    assert torch.equal(_logits(peft_model, tokenizer, data), base)
+    sae = load_sae(config.sae_release, "layer_1")
+    rows = sae.W_dec[[f["id"] for f in config.features[1]]].detach()
+    layer = model.model.layers[1]
+    a, _ = _lora(peft_model, "base_model.model.model.layers.1.mlp.up_proj")
+    assert in_span(a, rows * (1 + layer.pre_feedforward_layernorm.weight.detach()), tol=1e-3)
+    assert not in_span(a, rows, tol=1e-3)
+    _, b = _lora(peft_model, "base_model.model.model.layers.1.self_attn.o_proj")
+    assert in_span(b.T, rows / (1 + layer.post_attention_layernorm.weight.detach()), tol=1e-3)
+    peft_model.unload()
+
+
+def test_selection_data_named_in_config(tokenizer, data, planted_saes, selected_config, tmp_path):
+    from peft_sails.offline import tiny_llama
+
+    data[0].save_to_disk(tmp_path / "aligned")
+    data[1].save_to_disk(tmp_path / "unaligned")
+    config = sails_config(aligned_dataset=str(tmp_path / "aligned"), unaligned_dataset=str(tmp_path / "unaligned"))
+    model = tiny_llama(tokenizer)
+    with pytest.raises(ValueError, match="tokenizer_name_or_path"):
+        model.config._name_or_path = ""
+        get_peft_model(model, copy.deepcopy(config))
+    model.config._name_or_path = "local-org/tiny-llama"
+    tokenizer.save_pretrained(tmp_path / "tok")
+    config.tokenizer_name_or_path = str(tmp_path / "tok")
+    peft_model = get_peft_model(model, config)
+    assert peft_model.peft_config["default"].features == selected_config.features

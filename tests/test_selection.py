@@ -1,0 +1,111 @@
+"""Stage 1: feature scoring, ranking, ties, and memory that does not grow with the data."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import LAYERS, PLANTED_ALIGNED, PLANTED_UNALIGNED, RARE, sails_config
+
+from peft_sails import rank_features, select_features
+from peft_sails.selection import FeatureStats
+
+
+def test_planted_features_rank_first(selected_config):
+    for layer in LAYERS:
+        feats = selected_config.features[layer]
+        planted = sorted(PLANTED_ALIGNED, key=PLANTED_ALIGNED.get, reverse=True)
+        ids = [f["id"] for f in feats]
+        assert set(ids[:4]) == {*planted, PLANTED_UNALIGNED}
+        # the aligned-only ones come in order of strength (|delta| breaks the rho = 1 tie)
+        assert [i for i in ids if i in PLANTED_ALIGNED] == planted
+        assert all(f["rho"] == pytest.approx(1.0) for f in feats[:4])
+        assert [f["rho"] for f in feats] == sorted((f["rho"] for f in feats), reverse=True)
+        neg = next(f for f in feats if f["id"] == PLANTED_UNALIGNED)
+        assert neg["delta"] < 0
+
+
+def test_rare_feature_ties_and_min_firing_rate(tokenizer, data, planted_saes, llama):
+    aligned, unaligned, _ = data
+    plain = select_features(llama, tokenizer, sails_config(top_k=6), aligned, unaligned, show_progress=False)
+    ids = [f["id"] for f in plain.features[1]]
+    assert ids[4] == RARE  # rho = 1 like the planted ones, smallest |delta|: ranked after them, before rho < 1
+    strict = select_features(llama, tokenizer, sails_config(top_k=6, min_firing_rate=0.01), aligned, unaligned,
+                             show_progress=False)
+    assert RARE not in [f["id"] for f in strict.features[1]]
+
+
+def _stats(act_mean, abs_mean, rate, n=100):
+    t = lambda v: torch.tensor(v, dtype=torch.float64) * n  # noqa: E731
+    return FeatureStats(t(act_mean), t(abs_mean), t(rate), n)
+
+
+def test_rank_features_tie_break_is_deterministic():
+    # features 0..3 all have rho = 1; |delta| decides, then id
+    a = _stats([0.5, 0.2, 0.2, 0.0, 0.1], [0.5, 0.2, 0.2, 0.0, 0.1], [0.5, 0.2, 0.2, 0.0, 1.0])
+    u = _stats([0.0, 0.0, 0.0, 0.3, 0.05], [0.0, 0.0, 0.0, 0.3, 0.05], [0.0, 0.0, 0.0, 0.3, 1.0])
+    ranked = rank_features(a, u, top_k=5)
+    assert [f["id"] for f in ranked] == [0, 3, 1, 2, 4]
+    assert ranked[1]["delta"] == pytest.approx(-0.3)
+    assert ranked[4]["rho"] == pytest.approx(0.5)
+
+
+def test_rank_features_no_eligible_feature():
+    same = _stats([0.1, 0.2], [0.1, 0.2], [1.0, 1.0])
+    with pytest.raises(ValueError, match="No SAE feature is eligible"):
+        rank_features(same, same, top_k=1)
+
+
+def test_token_scope_changes_what_is_scored(tokenizer, data, planted_saes, llama):
+    aligned, unaligned, _ = data
+    # aligned and unaligned share their prompts: on prompt tokens both sides are identical, nothing differs
+    with pytest.raises(ValueError, match="No SAE feature is eligible"):
+        select_features(llama, tokenizer, sails_config(token_scope="prompt"), aligned, unaligned, show_progress=False)
+    whole = select_features(llama, tokenizer, sails_config(token_scope="all"), aligned, unaligned, show_progress=False)
+    assert whole.features[1][0]["id"] in PLANTED_ALIGNED
+
+
+def test_prompt_completion_format_matches_chat(tokenizer, data, planted_saes, llama, selected_config):
+    from datasets import Dataset
+
+    aligned, unaligned, _ = data
+
+    def as_pc(ds):
+        return Dataset.from_list([{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in ds])
+
+    pc = select_features(llama, tokenizer, sails_config(), as_pc(aligned), as_pc(unaligned), show_progress=False)
+    assert pc.features == selected_config.features
+
+
+@pytest.mark.slow
+def test_selection_memory_does_not_grow_with_data(tmp_path):
+    """Peak RSS of selection on 4x the data stays within 10% of 1x (a store-everything version would add ~0.5 GB)."""
+    script = textwrap.dedent("""
+        import json, resource, sys, torch
+        import peft_sails
+        from peft_sails import SAILSConfig, select_features
+        from peft_sails.offline import build_tokenizer, make_sae, save_sae_to_hub_cache, tiny_llama, toy_safety_data
+        torch.set_num_threads(2)
+        n = int(sys.argv[1])
+        tok = build_tokenizer(); model = tiny_llama(tok)
+        sae = make_sae(torch.randn(16384, 64), "blocks.1.hook_resid_post", "tiny-llama",
+                       b_enc=torch.full((16384,), 0.5))
+        save_sae_to_hub_cache(sae, "local-org/wide", "layer_1", sys.argv[2])
+        del sae
+        aligned, unaligned, _ = toy_safety_data(n)
+        cfg = SAILSConfig(r=4, target_modules=["q_proj"], sae_release="local-org/wide", sae_ids={1: "layer_1"},
+                          token_scope="all", selection_batch_size=16)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        select_features(model, tok, cfg, aligned, unaligned, show_progress=False)
+        print(json.dumps({"before": before, "after": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    """)
+    peaks = {}
+    for n in (200, 800):
+        cache = tmp_path / f"hub{n}"
+        env = {**__import__("os").environ, "HF_HUB_CACHE": str(cache)}
+        out = subprocess.run([sys.executable, "-c", script, str(n), str(cache)], capture_output=True, text=True,
+                             env=env, check=True).stdout
+        peaks[n] = json.loads(out.strip().splitlines()[-1])["after"]
+    assert peaks[800] <= 1.10 * peaks[200], peaks
