@@ -135,12 +135,20 @@ def make_sae(w_dec: torch.Tensor, hook_name: str, model_name: str, w_enc: Option
     return sae
 
 
-def save_sae_to_hub_cache(sae: SAE, repo_id: str, sae_id: str, cache_dir: str | os.PathLike) -> Path:
-    """Save `sae` where `SAE.from_pretrained(repo_id, sae_id)` finds it offline (Hub cache layout, plain files)."""
+def hub_cache_snapshot(repo_id: str, cache_dir: str | os.PathLike) -> Path:
+    """The snapshot folder of model repo `repo_id` in a Hub cache (created, with `refs/main`): files put there
+    are found by `hf_hub_download` / `from_pretrained` with `HF_HUB_OFFLINE=1`, as if downloaded."""
     repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
     commit = "0" * 40
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
-    folder = repo / "snapshots" / commit / sae_id
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+def save_sae_to_hub_cache(sae: SAE, repo_id: str, sae_id: str, cache_dir: str | os.PathLike) -> Path:
+    """Save `sae` where `SAE.from_pretrained(repo_id, sae_id)` finds it offline."""
+    folder = hub_cache_snapshot(repo_id, cache_dir) / sae_id
     sae.save_model(folder)
     return folder
