@@ -69,9 +69,17 @@ def toy_safety_data(n: int = 64, seed: int = 0) -> tuple[Dataset, Dataset, Datas
     return aligned, unaligned, benign
 
 
+def echo_data(n: int = 64, seed: int = 0) -> Dataset:
+    """'repeat after me' chats over refusal, compliance and benign sentences: pre-training on them lets a base
+    model know the words of a refusal (as real chat models do) without ever refusing a request."""
+    rng = random.Random(seed)
+    sentences = REFUSALS + COMPLIANCES + [a for _, a in BENIGN]
+    return Dataset.from_list([_chat(f"repeat after me : {s}", s) for s in (rng.choice(sentences) for _ in range(n))])
+
+
 def _corpus() -> list[str]:
     texts = [t.format(x=x) for xs in HARMFUL.values() for x in xs for t in HARMFUL_TEMPLATES]
-    return texts + REFUSALS + COMPLIANCES + [q + " " + a for q, a in BENIGN]
+    return texts + REFUSALS + COMPLIANCES + [q + " " + a for q, a in BENIGN] + ["repeat after me :"]
 
 
 def build_tokenizer(extra_texts: Optional[list[str]] = None) -> PreTrainedTokenizerFast:
@@ -148,7 +156,40 @@ def hub_cache_snapshot(repo_id: str, cache_dir: str | os.PathLike) -> Path:
 
 
 def save_sae_to_hub_cache(sae: SAE, repo_id: str, sae_id: str, cache_dir: str | os.PathLike) -> Path:
-    """Save `sae` where `SAE.from_pretrained(repo_id, sae_id)` finds it offline."""
+    """Save `sae` (inference or training SAE) where `SAE.from_pretrained(repo_id, sae_id)` finds it offline."""
     folder = hub_cache_snapshot(repo_id, cache_dir) / sae_id
-    sae.save_model(folder)
+    getattr(sae, "save_inference_model", sae.save_model)(folder)
     return folder
+
+
+def train_topk_sae(activations: torch.Tensor, hook_name: str, model_name: str, d_sae: int = 512, k: int = 8,
+                   epochs: int = 20, batch_size: int = 256, lr: float = 3e-3, seed: int = 0):
+    """Train a TopK SAE with sae-lens' `SAETrainer` on `[n, d_in]` activations; returns the training SAE."""
+    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    torch.manual_seed(seed)
+    cfg = TopKTrainingSAEConfig(d_in=activations.shape[1], d_sae=d_sae, k=k)
+    cfg.metadata.hook_name = hook_name
+    cfg.metadata.model_name = model_name
+    sae = TopKTrainingSAE(cfg)
+    total = epochs * activations.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches():
+        while True:
+            order = torch.randperm(activations.shape[0], generator=generator)
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                yield activations[order[start:start + batch_size]]
+
+    trainer_cfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=batch_size, lr=lr,
+                                   lr_end=lr / 10, lr_scheduler_name="cosineannealing", device="cpu",
+                                   n_batches_for_norm_estimate=10)
+    return SAETrainer(trainer_cfg, sae, data_provider=batches()).fit()
+
+
+def explained_variance(sae: SAE, activations: torch.Tensor) -> float:
+    """1 - ||x - SAE(x)||^2 / ||x - mean(x)||^2 over `[n, d_in]` activations."""
+    with torch.no_grad():
+        error = (activations - sae.decode(sae.encode(activations))).square().sum()
+        return float(1 - error / (activations - activations.mean(0)).square().sum())

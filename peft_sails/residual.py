@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
@@ -78,3 +79,30 @@ def read_residual(
         yield
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def run_to_site(
+    model: nn.Module,
+    site: ResidualSite,
+    batches: Iterable[Any],
+    fn: Callable[[torch.Tensor, Any], None],
+    desc: str = "",
+    show_progress: bool = False,
+) -> None:
+    """Run each batch (with `input_ids`, `attention_mask`) only up to `site`; call `fn(hidden_states, batch)` there."""
+    current: dict[str, Any] = {}
+    with read_residual(model, site, lambda hidden: fn(hidden, current["batch"])):
+        for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+            current["batch"] = batch
+            try:
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            except StopForward:
+                pass
+
+
+def collect_residuals(model: nn.Module, site: ResidualSite, batches: Iterable[Any]) -> torch.Tensor:
+    """The float32 residual activations at `site` of every scored token (`batch.score_mask`), as `[tokens, d]`."""
+    chunks: list[torch.Tensor] = []
+    run_to_site(model, site, batches, lambda hidden, batch: chunks.append(hidden[batch.score_mask].float()))
+    return torch.cat(chunks)

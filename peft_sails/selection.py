@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from .config import SAILSConfig
 from .data import check_selection_data, iter_scored_batches
-from .residual import ResidualSite, StopForward, read_residual
+from .residual import ResidualSite, run_to_site
 from .sae_loading import check_sae_fits, load_sae
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,6 @@ def model_device(model: nn.Module) -> torch.device:
     return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
-@torch.no_grad()
 def accumulate_feature_stats(
     model: nn.Module,
     sae: SAE,
@@ -104,12 +103,10 @@ def accumulate_feature_stats(
     show_progress: bool = True,
 ) -> FeatureStats:
     """Run `batches` through `model` up to `site`, encode the scored tokens with `sae` (float32) and sum up."""
-    device = model_device(model)
-    stats = FeatureStats.zeros(sae.cfg.d_sae, device)
-    current: dict[str, torch.Tensor] = {}
+    stats = FeatureStats.zeros(sae.cfg.d_sae, model_device(model))
 
-    def consume(hidden: torch.Tensor) -> None:
-        x = hidden[current["mask"]].float()
+    def consume(hidden: torch.Tensor, batch: Any) -> None:
+        x = hidden[batch.score_mask].float()
         if not torch.isfinite(x).all():
             raise ValueError(
                 f"Non-finite residual activations at layer {site.layer} ({desc}); the model's weights or dtype "
@@ -117,13 +114,7 @@ def accumulate_feature_stats(
             )
         stats.update(sae.encode(x))
 
-    with read_residual(model, site, consume):
-        for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
-            current["mask"] = batch.score_mask
-            try:
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-            except StopForward:
-                pass
+    run_to_site(model, site, batches, consume, desc=desc, show_progress=show_progress)
     if stats.n_tokens == 0:
         raise ValueError(f"No tokens to score at layer {site.layer} ({desc}): check token_scope and max_length.")
     return stats

@@ -25,7 +25,7 @@ from peft_sails.offline import (  # noqa: E402
     tiny_llama,
     toy_safety_data,
 )
-from peft_sails.residual import ResidualSite, StopForward, read_residual  # noqa: E402
+from peft_sails.residual import ResidualSite, collect_residuals  # noqa: E402
 
 torch.set_num_threads(2)
 SAE_REPO = "local-org/tiny-llama-saes"
@@ -71,15 +71,7 @@ def sails_config(**overrides) -> SAILSConfig:
 
 def scored_residuals(model, tokenizer, dataset, layer: int, config: SAILSConfig) -> torch.Tensor:
     """Residual activations at `blocks.layer.hook_resid_post` of the tokens selection scores."""
-    chunks = []
-    with torch.no_grad():
-        for batch in iter_scored_batches(dataset, config, tokenizer, "cpu"):
-            with read_residual(model, ResidualSite(layer, "post"), lambda h: chunks.append(h[batch.score_mask])):
-                try:
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-                except StopForward:
-                    pass
-    return torch.cat(chunks).float()
+    return collect_residuals(model, ResidualSite(layer, "post"), iter_scored_batches(dataset, config, tokenizer, "cpu"))
 
 
 def planted_sae(model, tokenizer, data, layer: int, model_name: str = "tiny-llama"):
