@@ -121,38 +121,16 @@ def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress:
 
 
 @torch.no_grad()
-def initialize_sails_weights(
-    model: nn.Module,
-    adapter_name: str = "default",
-    config: Optional[SAILSConfig] = None,
-    show_progress: bool = True,
-) -> None:
-    """Initialise the LoRA weights of `adapter_name` in the SAILS subspace, in place.
-
-    Call it after `get_peft_model(model, config, low_cpu_mem_usage=True)` (weights left on the meta device are
-    created here), or let `get_peft_model` call it. For each adapted module:
-
-    - readers of the residual stream (`config.reader_modules`, e.g. q/k/v/gate/up): `lora_A` = basis rows (mapped
-      through the module's input RMSNorm weight with `norm_mapping`), `lora_B` = 0;
-    - writers (`config.writer_modules`, e.g. o/down) with `writer_init="basis"`: `lora_B` columns = basis (mapped
-      through the inverse of a post-norm, as in Gemma-2), `lora_A` = 0; with `"lora"`: PEFT's default init;
-    - other modules keep PEFT's default init (a warning lists them).
-
-    Every basis vector has norm `config.a_scale` (default 1/sqrt(3), PEFT's expected row norm for lora_A), so
-    the usual LoRA learning rates apply. Either `lora_A` or `lora_B` is zero, so outputs equal the base model's.
-    Memory: one SAE at a time, then only the selected decoder rows and an `[r, d_model]` basis.
-    """
-    config = config or model.peft_config[adapter_name]
-    if not config.features:
-        raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
+def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig, subspace: Subspace) -> dict[str, int]:
+    """Write `subspace` into the LoRA weights of `adapter_name` (cheap: no SAE is loaded); see
+    `initialize_sails_weights` for what each module gets. Returns how many modules of each kind were written."""
     base = _unwrap(model)
     hidden = base.config.hidden_size
-    subspace, stats = compute_sails_subspace(base, config, show_progress)
     blocks = decoder_layers(base)
     scale = config.a_scale or LORA_ROW_NORM
     stock_config = copy.copy(config)
     stock_config.init_lora_weights = True
-    counts = {"reader": 0, "writer": 0}
+    counts = {"n_reader_modules": 0, "n_writer_modules": 0, "n_default_init": 0}
     default_init = []
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
@@ -180,9 +158,40 @@ def initialize_sails_weights(
         else:
             lora_b.copy_(vectors.T.to(lora_b))
             lora_a.zero_()
-        counts[role] += 1
+        counts[f"n_{role}_modules"] += 1
+    counts["n_default_init"] = len(default_init)
     if default_init and config.writer_init != "lora":
         logger.warning("SAILS: %d modules are neither readers nor writers and keep LoRA's default init: %s",
                        len(default_init), default_init[:8])
-    stats.update(n_reader_modules=counts["reader"], n_writer_modules=counts["writer"], n_default_init=len(default_init))
+    return counts
+
+
+def initialize_sails_weights(
+    model: nn.Module,
+    adapter_name: str = "default",
+    config: Optional[SAILSConfig] = None,
+    show_progress: bool = True,
+) -> Subspace:
+    """Initialise the LoRA weights of `adapter_name` in the SAILS subspace, in place; return the subspace.
+
+    Call it after `get_peft_model(model, config, low_cpu_mem_usage=True)` (weights left on the meta device are
+    created here), or let `get_peft_model` call it. For each adapted module:
+
+    - readers of the residual stream (`config.reader_modules`, e.g. q/k/v/gate/up): `lora_A` = basis rows (mapped
+      through the module's input RMSNorm weight with `norm_mapping`), `lora_B` = 0;
+    - writers (`config.writer_modules`, e.g. o/down) with `writer_init="basis"`: `lora_B` columns = basis (mapped
+      through the inverse of a post-norm, as in Gemma-2), `lora_A` = 0; with `"lora"`: PEFT's default init;
+    - other modules keep PEFT's default init (a warning lists them).
+
+    Every basis vector has norm `config.a_scale` (default 1/sqrt(3), PEFT's expected row norm for lora_A), so
+    the usual LoRA learning rates apply. Either `lora_A` or `lora_B` is zero, so outputs equal the base model's.
+    Statistics (basis size, variance kept, per layer) go to `config.subspace_stats`.
+    Memory: one SAE at a time, then only the selected decoder rows and an `[r, d_model]` basis.
+    """
+    config = config or model.peft_config[adapter_name]
+    if not config.features:
+        raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
+    subspace, stats = compute_sails_subspace(_unwrap(model), config, show_progress)
+    stats.update(write_sails_weights(model, adapter_name, config, subspace))
     config.subspace_stats = stats
+    return subspace

@@ -9,7 +9,7 @@ from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
 
 from .config import SAILSConfig
-from .initialization import initialize_sails_weights
+from .initialization import initialize_sails_weights, write_sails_weights
 from .selection import select_features_from_config
 
 logger = logging.getLogger(__name__)
@@ -31,26 +31,36 @@ class SailsModel(LoraModel):
 
     prefix: str = "lora_"
 
-    def _pre_injection_hook(self, model: nn.Module, config: SAILSConfig, adapter_name: str) -> None:
-        super()._pre_injection_hook(model, config, adapter_name)
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        # Both get_peft_model and PeftModel.add_adapter come through here (the pre/post-injection hooks only
+        # run for the first adapter), so every SAILS adapter is selected (if needed) and initialised.
+        config: SAILSConfig = self.peft_config[adapter_name]
         if config.features is None:
             if config.aligned_dataset is None:
                 raise ValueError(_NO_FEATURES)
             select_features_from_config(model, config)
-
-    def _create_and_replace(self, lora_config: SAILSConfig, *args, **kwargs) -> None:
-        stock = copy.copy(lora_config)
-        stock.init_lora_weights = True  # stock LoRA layers do not know "sails"
-        super()._create_and_replace(stock, *args, **kwargs)
-
-    def _post_injection_hook(self, model: nn.Module, config: SAILSConfig, adapter_name: str) -> None:
-        super()._post_injection_hook(model, config, adapter_name)
+        super().inject_adapter(model, adapter_name, **kwargs)
         on_meta = any(
             m.lora_A[adapter_name].weight.is_meta
             for m in model.modules()
             if isinstance(m, LoraLayer) and adapter_name in m.lora_A
         )
-        if on_meta:
+        if on_meta:  # low_cpu_mem_usage=True: weights are created by initialize_sails_weights
             logger.info("SAILS: adapter weights are on the meta device; call initialize_sails_weights(model) next.")
             return
-        initialize_sails_weights(model, adapter_name, config=config)
+        self.__dict__.setdefault("_sails_subspaces", {})[adapter_name] = initialize_sails_weights(
+            model, adapter_name, config=config
+        )
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PeftModel upcasts half-precision adapters to float32 after injection: write the basis again, so a bf16
+        # model's float32 adapter holds the exact basis and not its bf16 rounding.
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        subspace = self.__dict__.get("_sails_subspaces", {}).pop(adapter_name, None)
+        if subspace is not None:
+            write_sails_weights(self.model, adapter_name, self.peft_config[adapter_name], subspace)
+
+    def _create_and_replace(self, lora_config: SAILSConfig, *args, **kwargs) -> None:
+        stock = copy.copy(lora_config)
+        stock.init_lora_weights = True  # stock LoRA layers do not know "sails"
+        super()._create_and_replace(stock, *args, **kwargs)

@@ -129,3 +129,48 @@ def test_selection_data_named_in_config(tokenizer, data, planted_saes, selected_
     config.tokenizer_name_or_path = str(tmp_path / "tok")
     peft_model = get_peft_model(model, config)
     assert peft_model.peft_config["default"].features == selected_config.features
+
+
+def test_bf16_model_gets_exact_float32_basis(tokenizer, data, planted_saes):
+    from peft_sails import select_features
+    from peft_sails.offline import tiny_llama
+
+    model = tiny_llama(tokenizer).to(torch.bfloat16)
+    config = select_features(model, tokenizer, sails_config(), data[0], data[1], show_progress=False)
+    base = _logits(model, tokenizer, data)
+    peft_model = get_peft_model(model, config)
+    assert torch.equal(_logits(peft_model, tokenizer, data), base)
+    a, _ = _lora(peft_model, "base_model.model.model.layers.1.self_attn.k_proj")
+    assert a.dtype == torch.float32
+    assert torch.allclose(a @ a.T, torch.eye(4) / 3, atol=1e-6)  # not the bf16 rounding of the basis (~1e-3 off)
+
+
+def test_add_adapter_initialises_the_second_adapter(llama, selected_config, planted_saes):
+    peft_model = get_peft_model(llama, copy.deepcopy(selected_config))
+    second = copy.deepcopy(selected_config)
+    second.features = {layer: feats[:2] for layer, feats in second.features.items()}
+    second.subspace_fill = "random"
+    peft_model.add_adapter("second", second)
+    rows = _decoder_rows(second, planted_saes)
+    a, b = _lora(peft_model, "base_model.model.model.layers.0.self_attn.v_proj", adapter="second")
+    assert torch.count_nonzero(b) == 0 and a.dtype == torch.float32
+    assert torch.allclose(a @ a.T, torch.eye(4) / 3, atol=1e-6)
+    n_pca = peft_model.peft_config["second"].subspace_stats["n_principal_rows"]
+    assert 0 < n_pca < 4 and in_span(a[:n_pca], rows) and not in_span(a, rows)
+
+
+def test_mistral_step0(tokenizer, data, planted_saes):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from peft_sails import select_features
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer)))
+    # the planted SAEs name tiny-llama: check_sae_model=False is the documented way to use them anyway
+    config = select_features(model, tokenizer, sails_config(check_sae_model=False), data[0], data[1],
+                             show_progress=False)
+    base = _logits(model, tokenizer, data)
+    peft_model = get_peft_model(model, config)
+    assert torch.equal(_logits(peft_model, tokenizer, data), base)
+    assert peft_model.peft_config["default"].subspace_stats["n_reader_modules"] == 20
