@@ -202,9 +202,13 @@ class SAILSConfig(LoraConfig):
         return json.loads(json.dumps(out))  # int keys -> str, as on disk
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """Write a plain-LoRA `adapter_config.json` (loads without peft_sails) and the `sails_config.json` sidecar."""
+        """Write a plain-LoRA `adapter_config.json` (loads without peft_sails), the `sails_config.json` sidecar and
+        the model card (`README.md`, replacing the generic one PEFT wrote just before)."""
+        from .card import write_card  # the card reads what was just written
+
         self.stock_lora_config().save_pretrained(save_directory, **kwargs)
         write_sidecar(os.path.join(save_directory, SIDECAR_NAME), self.sails_dict())
+        write_card(save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from datasets import Dataset
 
 from .config import SAILSConfig
 
@@ -16,6 +17,19 @@ class ScoredBatch:
     input_ids: torch.Tensor  # [batch, seq]
     attention_mask: torch.Tensor  # [batch, seq]
     score_mask: torch.Tensor  # [batch, seq] bool: tokens whose activations are averaged
+
+
+def to_chat(dataset: Dataset, prompt_column: str, response_column: str, messages_column: str = "messages") -> Dataset:
+    """Turn string columns (e.g. LLM-LAT/harmful-dataset's `prompt` and `chosen`) into a one-turn chat column."""
+    missing = [c for c in (prompt_column, response_column) if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"Columns {missing} not found; the dataset has {dataset.column_names}.")
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        return {messages_column: [{"role": "user", "content": row[prompt_column]},
+                                  {"role": "assistant", "content": row[response_column]}]}
+
+    return dataset.map(convert, remove_columns=dataset.column_names)
 
 
 def _is_chat(value: Any) -> bool:

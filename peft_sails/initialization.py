@@ -28,10 +28,15 @@ _ATTENTION_BLOCKS = ("self_attn", "attn", "attention")
 Role = Literal["reader", "writer"]
 
 
-def decoder_rows_of_features(model: nn.Module, config: SAILSConfig, show_progress: bool = True) -> dict[int, torch.Tensor]:
-    """Load each layer's SAE in turn, check it fits `model`, keep only the selected decoder rows (float32, CPU)."""
+def decoder_rows_of_features(
+    model: nn.Module, config: SAILSConfig, show_progress: bool = True
+) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
+    """Load each layer's SAE in turn, check it fits `model`, keep only the selected decoder rows (float32, CPU).
+
+    Returns the rows per layer and each SAE's metadata (hook, width, Neuronpedia id) for the model card.
+    """
     device = next(p.device for p in model.parameters() if p.device.type != "meta")
-    rows = {}
+    rows, info = {}, {}
     for layer in tqdm(config.layers, desc="SAILS subspace: loading SAEs", disable=not show_progress):
         ids = [f["id"] for f in config.features.get(layer, [])]
         if not ids:
@@ -44,10 +49,12 @@ def decoder_rows_of_features(model: nn.Module, config: SAILSConfig, show_progres
                 "The features were selected with another SAE; run select_features again."
             )
         rows[layer] = sae.W_dec[ids].detach().float().cpu().clone()
+        meta = sae.cfg.metadata
+        info[layer] = {"hook_name": meta.hook_name, "d_sae": sae.cfg.d_sae, "neuronpedia_id": meta.neuronpedia_id}
         del sae
     if not rows:
         raise ValueError("`features` selects no feature in any layer; run select_features first.")
-    return rows
+    return rows, info
 
 
 def module_role(name: str, config: SAILSConfig) -> Optional[Role]:
@@ -98,7 +105,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress: bool = True) -> tuple[Subspace, dict]:
     """Stage 2 from `config.features`: the basis, and statistics to store in `config.subspace_stats`."""
-    rows = decoder_rows_of_features(model, config, show_progress)
+    rows, info = decoder_rows_of_features(model, config, show_progress)
     ranks = [config.r, *config.rank_pattern.values()] if config.rank_pattern else [config.r]
     subspace = build_subspace(torch.cat(list(rows.values())), config.variance_threshold, max(ranks),
                               fill=config.subspace_fill, seed=config.seed)
@@ -106,6 +113,7 @@ def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress:
         str(layer): {
             "n_features": int(r.shape[0]),
             "n_directions_at_threshold": directions_for_variance(_principal_directions(r)[1], config.variance_threshold),
+            **info[layer],
         }
         for layer, r in rows.items()
     }
@@ -160,6 +168,8 @@ def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig
             lora_a.zero_()
         counts[f"n_{role}_modules"] += 1
     counts["n_default_init"] = len(default_init)
+    counts["n_adapter_params"] = sum(p.numel() for n, p in model.named_parameters() if f".{adapter_name}." in n and "lora_" in n)
+    counts["n_base_params"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     if default_init and config.writer_init != "lora":
         logger.warning("SAILS: %d modules are neither readers nor writers and keep LoRA's default init: %s",
                        len(default_init), default_init[:8])

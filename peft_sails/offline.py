@@ -17,6 +17,8 @@ from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from .data import to_chat
+
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
@@ -54,19 +56,30 @@ BENIGN = [
 ]
 
 
-def _chat(prompt: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+def toy_pairs(n: int = 64, seed: int = 0) -> Dataset:
+    """Harmful requests, each with a refusal (`chosen`) and a compliance (`rejected`), plus its `category`:
+    the columns of LLM-LAT/harmful-dataset, so the same code reads the toy data and the real one."""
+    rng = random.Random(seed)
+    requests = [(c, t.format(x=x)) for c, xs in HARMFUL.items() for x in xs for t in HARMFUL_TEMPLATES]
+    rows = []
+    for _ in range(n):
+        category, prompt = rng.choice(requests)
+        rows.append({"prompt": prompt, "chosen": rng.choice(REFUSALS), "rejected": rng.choice(COMPLIANCES),
+                     "category": category})
+    return Dataset.from_list(rows)
+
+
+def toy_benign(n: int = 64, seed: int = 0) -> Dataset:
+    """Benign requests with checkable answers, in the columns of LLM-LAT/benign-dataset (`prompt`, `response`)."""
+    rng = random.Random(seed + 1)
+    return Dataset.from_list([dict(zip(("prompt", "response"), rng.choice(BENIGN))) for _ in range(n)])
 
 
 def toy_safety_data(n: int = 64, seed: int = 0) -> tuple[Dataset, Dataset, Dataset]:
     """(aligned, unaligned, benign) chat datasets: the same harmful requests answered with refusals / compliance."""
-    rng = random.Random(seed)
-    requests = [t.format(x=x) for xs in HARMFUL.values() for x in xs for t in HARMFUL_TEMPLATES]
-    picked = [rng.choice(requests) for _ in range(n)]
-    aligned = Dataset.from_list([_chat(p, rng.choice(REFUSALS)) for p in picked])
-    unaligned = Dataset.from_list([_chat(p, rng.choice(COMPLIANCES)) for p in picked])
-    benign = Dataset.from_list([_chat(*rng.choice(BENIGN)) for _ in range(n)])
-    return aligned, unaligned, benign
+    pairs = toy_pairs(n, seed)
+    return (to_chat(pairs, "prompt", "chosen"), to_chat(pairs, "prompt", "rejected"),
+            to_chat(toy_benign(n, seed), "prompt", "response"))
 
 
 def echo_data(n: int = 64, seed: int = 0) -> Dataset:
@@ -74,7 +87,8 @@ def echo_data(n: int = 64, seed: int = 0) -> Dataset:
     model know the words of a refusal (as real chat models do) without ever refusing a request."""
     rng = random.Random(seed)
     sentences = REFUSALS + COMPLIANCES + [a for _, a in BENIGN]
-    return Dataset.from_list([_chat(f"repeat after me : {s}", s) for s in (rng.choice(sentences) for _ in range(n))])
+    rows = [{"prompt": f"repeat after me : {s}", "response": s} for s in (rng.choice(sentences) for _ in range(n))]
+    return to_chat(Dataset.from_list(rows), "prompt", "response")
 
 
 def _corpus() -> list[str]:

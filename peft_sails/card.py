@@ -1,0 +1,128 @@
+"""Model cards for SAILS adapters: the SAE, the subspace and a table of the chosen features.
+
+    peft-sails card ADAPTER_DIR [--repo_id org/name] [--training_json t.json] [--eval_json e.json]
+
+The card is built with `huggingface_hub.ModelCard` from `model_cards/sails_adapter.md` and the adapter's
+`adapter_config.json` + `sails_config.json`; training settings and evaluation results come from
+`sails_training.json` / `sails_eval.json` in the adapter folder, or from the arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Optional
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import HfArgumentParser
+
+TEMPLATE = files("peft_sails.model_cards") / "sails_adapter.md"
+TRAINING_NAME = "sails_training.json"
+EVAL_NAME = "sails_eval.json"
+NEURONPEDIA = "https://www.neuronpedia.org"
+TAGS = ["peft", "lora", "sails", "safety", "sae", "transformers"]
+PAPER = "arxiv:2512.23260"
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
+    """`[{"dataset_name", "dataset_type", "metric_type", "metric_value", ...}]` -> model-index entries."""
+    required = ("dataset_name", "dataset_type", "metric_type", "metric_value")
+    results = []
+    for row in rows:
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"Evaluation result {row} lacks {missing}; each needs {list(required)}.")
+        results.append(EvalResult(task_type=row.get("task_type", "text-generation"), **{
+            k: v for k, v in row.items() if k != "task_type"}))
+    return results
+
+
+def build_card(
+    adapter_dir: str | os.PathLike,
+    repo_id: Optional[str] = None,
+    training: Optional[dict[str, Any]] = None,
+    eval_results: Optional[list[dict[str, Any]]] = None,
+) -> ModelCard:
+    """Render the card of a saved SAILS adapter folder (no network)."""
+    from .config import SAILSConfig
+
+    adapter_dir = Path(adapter_dir)
+    config = SAILSConfig.from_pretrained(str(adapter_dir))
+    training = {**(_read_json(adapter_dir / TRAINING_NAME) or {}), **(training or {})}
+    eval_rows = eval_results if eval_results is not None else (_read_json(adapter_dir / EVAL_NAME) or [])
+    stats = config.subspace_stats or {}
+    per_layer = stats.get("per_layer", {})
+    base = config.base_model_name_or_path or "unknown base model"
+    name = (repo_id or f"{Path(base).name}-sails").split("/")[-1]
+    repo_id = repo_id or f"<your-org>/{name}"
+
+    feature_tables = []
+    for layer in config.layers:
+        npid = per_layer.get(str(layer), {}).get("neuronpedia_id")
+        feature_tables.append({"layer": layer, "features": [
+            {"rank": i + 1, "id": f["id"], "delta": f"{f['delta']:+.4g}", "rho": f"{f['rho']:.4f}",
+             "url": f"{NEURONPEDIA}/{npid}/{f['id']}" if npid else None}
+            for i, f in enumerate((config.features or {}).get(layer, []))
+        ]})
+    layer_rows = [{"layer": layer, "sae_id": config.sae_ids[layer],
+                   "n_features": per_layer.get(str(layer), {}).get("n_features", "?"),
+                   "n_directions": per_layer.get(str(layer), {}).get("n_directions_at_threshold", "?")}
+                  for layer in config.layers]
+    n_adapter, n_base = stats.get("n_adapter_params"), stats.get("n_base_params")
+    trainable = (f"{n_adapter:,} = {n_adapter / n_base:.3%} of the {n_base:,} base-model parameters"
+                 if n_adapter and n_base else "see adapter_model.safetensors")
+    subspace = (f"{stats['subspace_dim']} orthonormal directions ({stats['n_principal_rows']} principal, "
+                f"{stats['n_random_rows']} random fill), keeping {stats['variance_kept']:.1%} of the variance of the "
+                f"stacked decoder rows ({stats['n_directions_at_threshold']} directions reach "
+                f"{config.variance_threshold:.0%})" if stats else "not recorded")
+    data = ModelCardData(
+        base_model=config.base_model_name_or_path, library_name="peft", pipeline_tag="text-generation",
+        tags=TAGS + ([f"base_model:adapter:{base}"] if config.base_model_name_or_path else []) + [PAPER],
+        model_name=name, eval_results=_eval_results(eval_rows) or None,
+        datasets=training.get("datasets"),
+    )
+    return ModelCard.from_template(
+        data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id, base_model=base,
+        base_model_url=f"https://huggingface.co/{base}", r=config.r, lora_alpha=config.lora_alpha,
+        target_modules=", ".join(sorted(config.target_modules or [])), trainable_summary=trainable,
+        sae_release=config.sae_release, sae_summary=f"{len(config.layers)} layer(s): {config.layers}",
+        subspace_summary=subspace, top_k=config.top_k, token_scope=config.token_scope,
+        min_firing_rate=config.min_firing_rate, variance_pct=f"{config.variance_threshold:.0%}",
+        layer_rows=layer_rows, feature_tables=feature_tables,
+        training={k: ", ".join(v) if isinstance(v, list) else v for k, v in training.items()},
+        eval_rows=eval_rows,
+    )
+
+
+def write_card(adapter_dir: str | os.PathLike, **kwargs: Any) -> Path:
+    """Render the card and save it as `README.md` in the adapter folder."""
+    path = Path(adapter_dir) / "README.md"
+    build_card(adapter_dir, **kwargs).save(path)
+    return path
+
+
+@dataclass
+class CardArguments:
+    adapter_dir: str = field(metadata={"help": "A saved SAILS adapter folder (with sails_config.json)."})
+    repo_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id shown in the usage snippets."})
+    training_json: Optional[str] = field(default=None, metadata={"help": "JSON dict of training settings."})
+    eval_json: Optional[str] = field(
+        default=None,
+        metadata={"help": "JSON list of {dataset_name, dataset_type, metric_type, metric_value[, metric_name]}."},
+    )
+
+
+def cli(argv: list[str] | None = None) -> None:
+    (args,) = HfArgumentParser(CardArguments, description="(Re)write the model card of a SAILS adapter.") \
+        .parse_args_into_dataclasses(argv)
+    load = lambda p: json.loads(Path(p).read_text()) if p else None  # noqa: E731
+    path = write_card(args.adapter_dir, repo_id=args.repo_id, training=load(args.training_json),
+                      eval_results=load(args.eval_json))
+    print(f"Wrote {path}")
