@@ -9,15 +9,14 @@ The card is built with `huggingface_hub.ModelCard` from `model_cards/sails_adapt
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import HfArgumentParser
 
 TEMPLATE = files("peft_sails.model_cards") / "sails_adapter.md"
 TRAINING_NAME = "sails_training.json"
@@ -29,6 +28,13 @@ PAPER = "arxiv:2512.23260"
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _hub_id(name: Optional[str]) -> Optional[str]:
+    """`name` if it can be a Hub model id (not a local folder), else None."""
+    if not name or os.path.exists(name) or os.path.isabs(name) or name.count("/") > 1:
+        return None
+    return name
 
 
 def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
@@ -60,6 +66,7 @@ def build_card(
     stats = config.subspace_stats or {}
     per_layer = stats.get("per_layer", {})
     base = config.base_model_name_or_path or "unknown base model"
+    hub_base = _hub_id(config.base_model_name_or_path)
     name = (repo_id or f"{Path(base).name}-sails").split("/")[-1]
     repo_id = repo_id or f"<your-org>/{name}"
 
@@ -83,14 +90,14 @@ def build_card(
                 f"stacked decoder rows ({stats['n_directions_at_threshold']} directions reach "
                 f"{config.variance_threshold:.0%})" if stats else "not recorded")
     data = ModelCardData(
-        base_model=config.base_model_name_or_path, library_name="peft", pipeline_tag="text-generation",
-        tags=TAGS + ([f"base_model:adapter:{base}"] if config.base_model_name_or_path else []) + [PAPER],
+        base_model=hub_base, library_name="peft", pipeline_tag="text-generation",
+        tags=TAGS + ([f"base_model:adapter:{hub_base}"] if hub_base else []) + [PAPER],
         model_name=name, eval_results=_eval_results(eval_rows) or None,
         datasets=training.get("datasets"),
     )
     return ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=name, repo_id=repo_id, base_model=base,
-        base_model_url=f"https://huggingface.co/{base}", r=config.r, lora_alpha=config.lora_alpha,
+        base_model_url=f"https://huggingface.co/{hub_base}" if hub_base else None, r=config.r, lora_alpha=config.lora_alpha,
         target_modules=", ".join(sorted(config.target_modules or [])), trainable_summary=trainable,
         sae_release=config.sae_release, sae_summary=f"{len(config.layers)} layer(s): {config.layers}",
         subspace_summary=subspace, top_k=config.top_k, token_scope=config.token_scope,
@@ -108,21 +115,15 @@ def write_card(adapter_dir: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
-@dataclass
-class CardArguments:
-    adapter_dir: str = field(metadata={"help": "A saved SAILS adapter folder (with sails_config.json)."})
-    repo_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id shown in the usage snippets."})
-    training_json: Optional[str] = field(default=None, metadata={"help": "JSON dict of training settings."})
-    eval_json: Optional[str] = field(
-        default=None,
-        metadata={"help": "JSON list of {dataset_name, dataset_type, metric_type, metric_value[, metric_name]}."},
-    )
-
-
 def cli(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(CardArguments, description="(Re)write the model card of a SAILS adapter.") \
-        .parse_args_into_dataclasses(argv)
-    load = lambda p: json.loads(Path(p).read_text()) if p else None  # noqa: E731
+    parser = argparse.ArgumentParser(prog="peft-sails card", description="(Re)write the model card of a SAILS adapter.")
+    parser.add_argument("adapter_dir", help="A saved SAILS adapter folder (with sails_config.json).")
+    parser.add_argument("--repo_id", help="Hub repo id shown in the card and its usage snippets.")
+    parser.add_argument("--training_json", type=Path, help="JSON dict of training settings (and 'datasets').")
+    parser.add_argument("--eval_json", type=Path,
+                        help="JSON list of {dataset_name, dataset_type, metric_type, metric_value[, metric_name]}.")
+    args = parser.parse_args(argv)
+    load = lambda path: json.loads(path.read_text()) if path else None  # noqa: E731
     path = write_card(args.adapter_dir, repo_id=args.repo_id, training=load(args.training_json),
                       eval_results=load(args.eval_json))
     print(f"Wrote {path}")

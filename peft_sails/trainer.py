@@ -56,6 +56,8 @@ class SailsSFTTrainer(SFTTrainer):
 
     def create_model_card(self, model_name: Optional[str] = None, dataset_name: Optional[str] = None,
                           tags: Any = None, **kwargs: Any) -> None:
-        if self.is_world_process_zero():
+        # TRL also calls this before each checkpoint, when output_dir may hold no adapter yet: the checkpoint's
+        # own card is then carried over by SailsCardCallback.
+        if self.is_world_process_zero() and (Path(self.args.output_dir) / SIDECAR_NAME).is_file():
             write_card(self.args.output_dir, repo_id=self.hub_model_id,
                        training=training_summary(self, dataset_name))

@@ -79,6 +79,11 @@ def test_load_without_plugin_gives_identical_logits(trained_adapter, tmp_path):
         loaded = torch.load(out, weights_only=True)
         assert torch.equal(loaded["peft"], logits) and torch.equal(loaded["auto"], logits)
         assert torch.allclose(loaded["merged"], logits, atol=1e-5)
+    # with the plugin, from the Hub cache: the same model plus the SAILS metadata
+    model, sails = load_sails_adapter(AutoModelForCausalLM.from_pretrained(base_dir), repo_id)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=torch.tensor(INPUT_IDS)).logits, logits)
+    assert sails.features and sails.subspace_stats["subspace_dim"] == 4
 
 
 def test_load_with_plugin_returns_features(trained_adapter, selected_config):

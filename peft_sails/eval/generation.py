@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,14 +15,15 @@ from transformers import GenerationConfig
 class GenerationSettings:
     """How responses are generated. The default is greedy decoding, as in the paper."""
 
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    system_prompt: str | None = None
-    use_chat_template: bool = True  # False: the raw prompt text is the model input (base models without a template)
-    seed: int = 0
+    max_new_tokens: int = field(default=256, metadata={"help": "Tokens generated per response."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts generated together."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with --do_sample)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with --do_sample)."})
+    system_prompt: str | None = field(default=None, metadata={"help": "A system message before each prompt."})
+    use_chat_template: bool = field(default=True, metadata={
+        "help": "Wrap each prompt in the tokenizer's chat template (--no_use_chat_template: raw text, for base models)."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling."})
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -35,7 +36,7 @@ def _prompt_ids(tokenizer: Any, prompt: str, settings: GenerationSettings) -> li
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"The tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template. Use the chat model's "
-            "tokenizer, or set use_chat_template=False (--no_chat_template) to feed the raw prompt text."
+            "tokenizer, or set use_chat_template=False (--no_use_chat_template) to feed the raw prompt text."
         )
     messages = [{"role": "user", "content": prompt}]
     if settings.system_prompt:

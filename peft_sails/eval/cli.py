@@ -1,0 +1,147 @@
+"""Command lines `peft-sails eval` (generate, judge, report) and `peft-sails judge` (judge existing responses).
+
+    peft-sails eval --adapter you/gemma-2-2b-sails --prompts hex-phi xstest --jailbreaks refusal_suppression
+    peft-sails eval --model ./merged --prompts harmbench=./harmbench-copy.jsonl --judge meta-llama/Llama-3.1-8B-Instruct
+    peft-sails judge --input responses.jsonl --output judged.jsonl
+    peft-sails judge --validate          # the judge's accuracy on the shipped labelled responses
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import HfArgumentParser
+
+from .evaluation import evaluate_model, judge_rows
+from .generation import GenerationSettings
+from .jailbreaks import JAILBREAK_TEMPLATES, apply_jailbreak
+from .judges import DEFAULT_REFUSAL_LABELS, Judge, judge_generation, load_judge
+from .model_loading import load_model_for_eval
+from .prompt_sets import PROMPT_SETS, load_prompt_set, synthetic_prompt_sets
+from .scoring import SCORERS
+from .validation import load_labelled_responses, validate_judge
+
+
+@dataclass
+class JudgeArguments:
+    judge: str = field(default="pattern", metadata={
+        "help": "'pattern' (refusal phrases, no model) or a judge model's Hub id or local folder: a causal LM asked "
+                "for a 1-5 harm rating, or a sequence classifier with a refusal label."})
+    judge_kind: str = field(default="auto", metadata={
+        "help": "For a judge model: 'rating', 'classifier', or 'auto' (from its architecture)."})
+    refusal_label: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_LABELS), metadata={
+        "help": "Classifier labels that mean refusal."})
+    judge_max_new_tokens: int = field(default=judge_generation().max_new_tokens, metadata={
+        "help": "Tokens a rating judge may write (reason and score)."})
+    judge_batch_size: int = field(default=judge_generation().batch_size, metadata={"help": "Rating judge batch size."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda:0', ..."})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (the checkpoint's) or a torch dtype, e.g. bfloat16."})
+
+    def build(self) -> Judge:
+        generation = GenerationSettings(max_new_tokens=self.judge_max_new_tokens, batch_size=self.judge_batch_size)
+        return load_judge(self.judge, kind=self.judge_kind, device=self.device, dtype=self.dtype,
+                          refusal_labels=self.refusal_label, generation=generation)
+
+
+@dataclass
+class EvalArguments:
+    prompts: list[str] = field(metadata={
+        "help": f"Prompt sets: registered names {sorted(PROMPT_SETS)}, NAME=PATH for a local copy of one, "
+                "'synthetic' (the offline toy splits), a .jsonl/.json/.csv/.parquet file or folder with a 'prompt' "
+                "column (optional 'kind', 'category', 'reference'), or a Hub dataset id."})
+    model: str | None = field(default=None, metadata={
+        "help": "Base or merged model, Hub id or local folder (default: the adapter's base model)."})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter (e.g. SAILS), Hub id or local folder."})
+    merge: bool = field(default=False, metadata={"help": "Merge the adapter into the weights before generating."})
+    prompt_limit: int | None = field(default=None, metadata={"help": "Keep the first N prompts of each set."})
+    jailbreaks: list[str] = field(default_factory=list, metadata={
+        "help": f"Also evaluate each set's harmful prompts wrapped in these jailbreaks {sorted(JAILBREAK_TEMPLATES)} "
+                "(one split '<set>+<jailbreak>' each)."})
+    safe_threshold: int = field(default=2, metadata={"help": "Harm scores up to this count as safe (rating judges)."})
+    capability_scorer: str = field(default="exact", metadata={
+        "help": f"How capability rows are scored against their reference: {sorted(SCORERS)}."})
+    output_dir: str = field(default="sails-eval", metadata={"help": "Where eval.json, eval.md, responses.jsonl go."})
+
+
+def _prompt_sets(specs: list[str], limit: int | None) -> dict[str, Dataset]:
+    sets: dict[str, Dataset] = {}
+    for spec in specs:
+        if spec == "synthetic":
+            sets.update({k: v.select(range(min(limit or len(v), len(v)))) for k, v in synthetic_prompt_sets().items()})
+            continue
+        name, _, path = spec.partition("=") if spec.split("=", 1)[0] in PROMPT_SETS else (spec, "", "")
+        label = Path(name).stem if os.path.exists(name) else name
+        sets[label] = load_prompt_set(name, path=path or None, limit=limit)
+    return sets
+
+
+def eval_cli(argv: list[str] | None = None) -> None:
+    """`peft-sails eval`: generate responses to prompt sets, judge them, write eval.json, eval.md, responses.jsonl."""
+    parser = HfArgumentParser((EvalArguments, GenerationSettings, JudgeArguments), prog="peft-sails eval",
+                              description=eval_cli.__doc__.split(": ", 1)[1])
+    args, generation, judge_args = parser.parse_args_into_dataclasses(args=argv)
+    if args.capability_scorer not in SCORERS:
+        parser.error(f"--capability_scorer {args.capability_scorer!r}: choose one of {sorted(SCORERS)}.")
+    sets = _prompt_sets(args.prompts, args.prompt_limit)
+    for name, data in list(sets.items()):
+        for jailbreak in args.jailbreaks:
+            wrapped = apply_jailbreak(data, jailbreak)
+            if len(wrapped):
+                sets[f"{name}+{jailbreak}"] = wrapped
+    judge = judge_args.build()
+    model, tokenizer = load_model_for_eval(args.model, args.adapter, merge=args.merge, dtype=judge_args.dtype,
+                                           device=judge_args.device)
+    report = evaluate_model(model, tokenizer, sets, judge, generation, scorer=SCORERS[args.capability_scorer],
+                            safe_threshold=args.safe_threshold,
+                            model_name=" + ".join(x for x in (args.model or "(adapter's base)", args.adapter) if x),
+                            metadata={"prompts": args.prompts, "jailbreaks": args.jailbreaks, "merge": args.merge})
+    paths = report.save(args.output_dir)
+    print(report.to_markdown())
+    print("Wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@dataclass
+class JudgeFileArguments:
+    input: str | None = field(default=None, metadata={
+        "help": "JSONL of rows with 'prompt' and 'response' (other keys are kept; 'original_prompt' is judged "
+                "instead of 'prompt' when present)."})
+    output: str | None = field(default=None, metadata={
+        "help": "JSONL written with 'refused' (and 'harm_score' with a rating judge) and 'judge_rationale' added."})
+    validate: bool = field(default=False, metadata={
+        "help": "Instead: measure the judge's refusal accuracy, precision and recall on the labelled responses "
+                "shipped with peft-sails, per split."})
+
+
+def judge_cli(argv: list[str] | None = None) -> None:
+    """`peft-sails judge`: judge existing responses (JSONL in, JSONL out) without generating anything."""
+    parser = HfArgumentParser((JudgeFileArguments, JudgeArguments), prog="peft-sails judge",
+                              description=judge_cli.__doc__.split(": ", 1)[1])
+    files, judge_args = parser.parse_args_into_dataclasses(args=argv)
+    if not files.validate and not (files.input and files.output):
+        parser.error("give --input and --output (or --validate).")
+    judge = judge_args.build()
+    if files.validate:
+        results = {}
+        for split in ("dev", "review", "test", None):
+            measured = validate_judge(judge, load_labelled_responses(split))
+            results[split or "all"] = {k: v for k, v in measured.items() if k != "errors"}
+        print(json.dumps(results, indent=2))
+        return
+    with open(files.input, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    judged = judge_rows(rows, judge)
+    Path(files.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(files.output, "w", encoding="utf-8") as f:
+        for row in judged:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    refused = sum(r["refused"] for r in judged)
+    summary = f"Judged {len(judged)} responses with {judge.name!r}: {refused} refused"
+    if judge.rates_harm:
+        scores = [r["harm_score"] for r in judged if r["harm_score"] is not None]
+        mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
+        summary += f", mean harm score {mean}, {len(judged) - len(scores)} unparseable"
+    print(f"{summary}. Wrote {files.output}")
