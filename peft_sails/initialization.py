@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SAILSConfig
-from .residual import decoder_layers
+from .residual import decoder_layers, model_device
 from .sae_loading import check_sae_fits, load_sae
 from .subspace import Subspace, _principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
 
@@ -35,7 +35,7 @@ def decoder_rows_of_features(
 
     Returns the rows per layer and each SAE's metadata (hook, width, Neuronpedia id) for the model card.
     """
-    device = next(p.device for p in model.parameters() if p.device.type != "meta")
+    device = model_device(model)
     rows, info = {}, {}
     for layer in tqdm(config.layers, desc="SAILS subspace: loading SAEs", disable=not show_progress):
         ids = [f["id"] for f in config.features.get(layer, [])]
@@ -98,6 +98,7 @@ def _mapped_basis(basis: torch.Tensor, scale: Optional[torch.Tensor], role: Role
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The transformers model inside a PeftModel / LoraModel (or the model itself)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel and friends
     if isinstance(model, PeftModel):
         return model.get_base_model()
     return model.model if isinstance(model, BaseTuner) else model
@@ -202,6 +203,10 @@ def initialize_sails_weights(
     if not config.features:
         raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
     subspace, stats = compute_sails_subspace(_unwrap(model), config, show_progress)
-    stats.update(write_sails_weights(model, adapter_name, config, subspace))
-    config.subspace_stats = stats
+    apply_subspace(model, adapter_name, config, subspace, stats)
     return subspace
+
+
+def apply_subspace(model: nn.Module, adapter_name: str, config: SAILSConfig, subspace: Subspace, stats: dict) -> None:
+    """Write `subspace` into the adapter and record the statistics in `config.subspace_stats`."""
+    config.subspace_stats = {**stats, **write_sails_weights(model, adapter_name, config, subspace)}

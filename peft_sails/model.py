@@ -9,7 +9,7 @@ from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
 
 from .config import SAILSConfig
-from .initialization import initialize_sails_weights, write_sails_weights
+from .initialization import apply_subspace, compute_sails_subspace, write_sails_weights
 from .selection import select_features_from_config
 
 logger = logging.getLogger(__name__)
@@ -33,24 +33,29 @@ class SailsModel(LoraModel):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
         # Both get_peft_model and PeftModel.add_adapter come through here (the pre/post-injection hooks only
-        # run for the first adapter), so every SAILS adapter is selected (if needed) and initialised.
+        # run for the first adapter), so every SAILS adapter is selected (if needed) and initialised. Everything
+        # that can fail on bad input (data, SAEs, fit to the model) runs before the model is touched.
         config: SAILSConfig = self.peft_config[adapter_name]
         if config.features is None:
             if config.aligned_dataset is None:
                 raise ValueError(_NO_FEATURES)
             select_features_from_config(model, config)
+        # get_peft_model(low_cpu_mem_usage=True) injects under accelerate's init_empty_weights: new parameters
+        # (the SAEs' too) land on the meta device, so initialisation waits for initialize_sails_weights.
+        empty_init = nn.Linear(1, 1, device="cpu").weight.is_meta or kwargs.get("low_cpu_mem_usage", False)
+        materialized = any(p.device.type != "meta" for p in model.parameters())
+        subspace, stats = compute_sails_subspace(model, config) if materialized and not empty_init else (None, None)
         super().inject_adapter(model, adapter_name, **kwargs)
         on_meta = any(
             m.lora_A[adapter_name].weight.is_meta
             for m in model.modules()
             if isinstance(m, LoraLayer) and adapter_name in m.lora_A
         )
-        if on_meta:  # low_cpu_mem_usage=True: weights are created by initialize_sails_weights
+        if subspace is None or on_meta:  # low_cpu_mem_usage=True or a meta model: initialise later
             logger.info("SAILS: adapter weights are on the meta device; call initialize_sails_weights(model) next.")
             return
-        self.__dict__.setdefault("_sails_subspaces", {})[adapter_name] = initialize_sails_weights(
-            model, adapter_name, config=config
-        )
+        apply_subspace(model, adapter_name, config, subspace, stats)
+        self.__dict__.setdefault("_sails_subspaces", {})[adapter_name] = subspace
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # PeftModel upcasts half-precision adapters to float32 after injection: write the basis again, so a bf16

@@ -48,6 +48,17 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's materialised weights; a clear error if they are all on the meta device."""
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), None)
+    if device is None:
+        raise ValueError(
+            "The base model's weights are on the meta device: SAILS needs them (selection and norm mapping). Load "
+            "the weights first, or initialise later with initialize_sails_weights once they are materialised."
+        )
+    return device
+
+
 class StopForward(Exception):
     """Raised by a hook to skip the layers after the site being read."""
 

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 
 from .config import SAILSConfig
 from .data import check_selection_data, iter_scored_batches
-from .residual import ResidualSite, run_to_site
+from .residual import ResidualSite, model_device, run_to_site
 from .sae_loading import check_sae_fits, load_sae
 
 logger = logging.getLogger(__name__)
@@ -88,10 +88,6 @@ def rank_features(
     if n_tied > 1 and len(order) > top_k and rho[order[top_k]] == rho[chosen[-1]]:
         logger.info("%d eligible features share rho=%.4f at the top-k cut; |delta| decided.", n_tied, rho[chosen[-1]])
     return [{"id": int(i), "delta": float(delta[i]), "rho": float(rho[i])} for i in chosen]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
 def accumulate_feature_stats(

@@ -64,7 +64,9 @@ def test_token_scope_changes_what_is_scored(tokenizer, data, planted_saes, llama
     with pytest.raises(ValueError, match="No SAE feature is eligible"):
         select_features(llama, tokenizer, sails_config(token_scope="prompt"), aligned, unaligned, show_progress=False)
     whole = select_features(llama, tokenizer, sails_config(token_scope="all"), aligned, unaligned, show_progress=False)
-    assert {f["id"] for f in whole.features[1][:4]} == {*PLANTED_ALIGNED, PLANTED_UNALIGNED}
+    # all tokens: the planted and rare features are still the ones silent on one side (rho = 1), ahead of the rest
+    assert {f["id"] for f in whole.features[1][:5]} == {*PLANTED_ALIGNED, PLANTED_UNALIGNED, RARE}
+    assert whole.features[1][5]["rho"] < 0.5
 
 
 def test_prompt_completion_format_matches_chat(tokenizer, data, planted_saes, llama, selected_config):

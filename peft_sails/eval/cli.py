@@ -73,7 +73,9 @@ def _prompt_sets(specs: list[str], limit: int | None) -> dict[str, Dataset]:
         if spec == "synthetic":
             sets.update({k: v.select(range(min(limit or len(v), len(v)))) for k, v in synthetic_prompt_sets().items()})
             continue
-        name, _, path = spec.partition("=") if spec.split("=", 1)[0] in PROMPT_SETS else (spec, "", "")
+        name, sep, path = spec.partition("=")
+        if not (sep and name in PROMPT_SETS):  # NAME=PATH only for registered names; other '=' belong to the path
+            name, path = spec, ""
         label = Path(name).stem if os.path.exists(name) else name
         sets[label] = load_prompt_set(name, path=path or None, limit=limit)
     return sets
@@ -82,7 +84,8 @@ def _prompt_sets(specs: list[str], limit: int | None) -> dict[str, Dataset]:
 def eval_cli(argv: list[str] | None = None) -> None:
     """`peft-sails eval`: generate responses to prompt sets, judge them, write eval.json, eval.md, responses.jsonl."""
     parser = HfArgumentParser((EvalArguments, GenerationSettings, JudgeArguments), prog="peft-sails eval",
-                              description=eval_cli.__doc__.split(": ", 1)[1])
+                              description="Generate responses to prompt sets, judge them, and report safety rate, "
+                                          "harm score, over-refusal and capability with 95% CIs.")
     args, generation, judge_args = parser.parse_args_into_dataclasses(args=argv)
     if args.capability_scorer not in SCORERS:
         parser.error(f"--capability_scorer {args.capability_scorer!r}: choose one of {sorted(SCORERS)}.")
@@ -119,14 +122,15 @@ class JudgeFileArguments:
 def judge_cli(argv: list[str] | None = None) -> None:
     """`peft-sails judge`: judge existing responses (JSONL in, JSONL out) without generating anything."""
     parser = HfArgumentParser((JudgeFileArguments, JudgeArguments), prog="peft-sails judge",
-                              description=judge_cli.__doc__.split(": ", 1)[1])
+                              description="Judge existing responses (JSONL in, JSONL out) without generating, or "
+                                          "measure the judge on the shipped labelled responses (--validate).")
     files, judge_args = parser.parse_args_into_dataclasses(args=argv)
     if not files.validate and not (files.input and files.output):
         parser.error("give --input and --output (or --validate).")
     judge = judge_args.build()
     if files.validate:
         results = {}
-        for split in ("dev", "review", "test", None):
+        for split in [*sorted({r["split"] for r in load_labelled_responses()}), None]:
             measured = validate_judge(judge, load_labelled_responses(split))
             results[split or "all"] = {k: v for k, v in measured.items() if k != "errors"}
         print(json.dumps(results, indent=2))

@@ -7,6 +7,7 @@ asked, not against the wrapper.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -100,9 +101,11 @@ def gcg_suffix(model: Any, tokenizer: Any, prompt: str, target: str = "Sure, her
     options = {k: v for k, v in asdict(settings).items() if k != "extra"}
     config = nanogcg.GCGConfig(**options, **settings.extra)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    gc.freeze()  # nanogcg runs gc.collect() per candidate batch: only scan objects created during the search
     try:
         result = nanogcg.run(model, tokenizer, [{"role": "user", "content": prompt + " {optim_str}"}], target, config)
     finally:
+        gc.unfreeze()
         torch.use_deterministic_algorithms(deterministic)
     return GCGSuffix(prompt=prompt, target=target, suffix=result.best_string, loss=float(result.best_loss),
                      losses=[float(x) for x in result.losses])
