@@ -14,9 +14,14 @@ import json
 import os
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .sidecar import atomic_write_text
+
+if TYPE_CHECKING:
+    from .config import SAILSConfig
 
 TEMPLATE = files("peft_sails.model_cards") / "sails_adapter.md"
 TRAINING_NAME = "sails_training.json"
@@ -55,12 +60,13 @@ def build_card(
     repo_id: Optional[str] = None,
     training: Optional[dict[str, Any]] = None,
     eval_results: Optional[list[dict[str, Any]]] = None,
+    config: Optional["SAILSConfig"] = None,
 ) -> ModelCard:
-    """Render the card of a saved SAILS adapter folder (no network)."""
+    """Render the card of a SAILS adapter folder (no network); `config` defaults to the one saved there."""
     from .config import SAILSConfig
 
     adapter_dir = Path(adapter_dir)
-    config = SAILSConfig.from_pretrained(str(adapter_dir))
+    config = config or SAILSConfig.from_pretrained(str(adapter_dir))
     training = {**(_read_json(adapter_dir / TRAINING_NAME) or {}), **(training or {})}
     eval_rows = eval_results if eval_results is not None else (_read_json(adapter_dir / EVAL_NAME) or [])
     stats = config.subspace_stats or {}
@@ -109,9 +115,9 @@ def build_card(
 
 
 def write_card(adapter_dir: str | os.PathLike, **kwargs: Any) -> Path:
-    """Render the card and save it as `README.md` in the adapter folder."""
+    """Render the card and save it (atomically) as `README.md` in the adapter folder."""
     path = Path(adapter_dir) / "README.md"
-    build_card(adapter_dir, **kwargs).save(path)
+    atomic_write_text(str(path), str(build_card(adapter_dir, **kwargs)))
     return path
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Optional
 
 from peft import LoraConfig
+from peft.utils import CONFIG_NAME
 
-from .sidecar import SIDECAR_NAME, read_sidecar, write_sidecar
+from .sidecar import SIDECAR_NAME, atomic_write_text, read_sidecar, write_sidecar
 
 SAILS_PEFT_TYPE = "SAILS"
 TOKEN_SCOPES = ("response", "all", "prompt", "last_prompt")
@@ -204,17 +206,28 @@ class SAILSConfig(LoraConfig):
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """Write a plain-LoRA `adapter_config.json` (loads without peft_sails), the `sails_config.json` sidecar and
         the model card (`README.md`, replacing the generic one PEFT wrote just before)."""
-        from .card import write_card  # the card reads what was just written
+        from .card import build_card  # card.py needs this module
 
-        self.stock_lora_config().save_pretrained(save_directory, **kwargs)
-        write_sidecar(os.path.join(save_directory, SIDECAR_NAME), self.sails_dict())
-        write_card(save_directory)
+        card = str(build_card(save_directory, config=self))  # rendered first: a failure here writes nothing
+        os.makedirs(save_directory, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-") as tmp:
+            self.stock_lora_config().save_pretrained(tmp, **kwargs)
+            os.replace(os.path.join(tmp, CONFIG_NAME), os.path.join(save_directory, CONFIG_NAME))
+        write_sidecar(os.path.join(save_directory, SIDECAR_NAME), self.sails_dict(), self.adapter_fingerprint())
+        atomic_write_text(os.path.join(save_directory, "README.md"), card)
+
+    def adapter_fingerprint(self) -> dict[str, Any]:
+        """What ties the sidecar to its adapter_config.json (checked when loading)."""
+        return {"r": self.r, "lora_alpha": self.lora_alpha, "target_modules": sorted(self.target_modules or []),
+                "base_model_name_or_path": self.base_model_name_or_path}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
         """Load the full SAILS config of a saved adapter (local directory or Hub repo): LoRA fields + sidecar."""
         lora = LoraConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        sails = read_sidecar(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        sails = read_sidecar(pretrained_model_name_or_path, subfolder=subfolder, expected_adapter={
+            "r": lora.r, "lora_alpha": lora.lora_alpha, "target_modules": sorted(lora.target_modules or []),
+            "base_model_name_or_path": lora.base_model_name_or_path}, **kwargs)
         lora_kwargs = {f.name: getattr(lora, f.name) for f in fields(LoraConfig) if f.init}
         lora_kwargs.pop("peft_type", None)
         lora_kwargs["init_lora_weights"] = "sails"

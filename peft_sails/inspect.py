@@ -25,9 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import datasets
 import torch
+import transformers
 from datasets import load_dataset
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -295,6 +298,8 @@ def feature_shifts(
         raise TypeError(f"The feature view needs a PeftModel (to switch the adapter off), got {type(model).__name__}.")
     if token_scope not in TOKEN_SCOPES:
         raise ValueError(f"token_scope must be one of {TOKEN_SCOPES}, got {token_scope!r}.")
+    if top_n <= 0:
+        raise ValueError(f"top_n must be a positive number of features, got {top_n!r}.")
     scoring = dataclasses.replace(config, token_scope=token_scope, prompt_column="prompt",
                                   completion_column="completion", max_selection_samples=None)
     rows = {name: prompt_rows(data, tokenizer, name) for name, data in prompt_sets.items()}
@@ -351,7 +356,7 @@ def inspect_adapter(
         adapter=adapter or str(getattr(model, "name_or_path", "")), base_model=config.base_model_name_or_path,
         subspace_source=subspace_source or "the given SAILSConfig", sae_release=config.sae_release,
         sae_ids=config.sae_ids, n_features={layer: len(f) for layer, f in config.features.items()},
-        subspace={k: v for k, v in stats.items() if k != "per_layer"}, modules=modules, skipped=skipped,
+        subspace=stats, modules=modules, skipped=skipped,
         summary=summarize_shares(modules), token_scope=token_scope, prompt_sets=shifts,
     )
 
@@ -376,6 +381,7 @@ def plot_subspace_shares(modules: list[ModuleShare], path: Path) -> Path:
                label="random subspace (k/d)")
     ax.set(xlabel="layer", ylabel="share of ||ΔW||² in the SAILS subspace (%)", ylim=(0, 105),
            title="Where the update lies (readers: row space; writers: column space)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small", ncols=2)
     fig.savefig(path, dpi=120)
     return path
@@ -383,16 +389,17 @@ def plot_subspace_shares(modules: list[ModuleShare], path: Path) -> Path:
 
 def plot_feature_shifts(shifts: PromptSetShifts, path: Path) -> Path:
     """One panel per SAE layer: the change in mean activation of the top features, selected ones highlighted."""
-    fig = Figure(figsize=(6, 0.35 * max(len(s.top) for s in shifts.layers) + 1.2), layout="constrained")
+    height = 0.35 * max(len(s.top) for s in shifts.layers) + 1.2
+    fig = Figure(figsize=(3.5 * len(shifts.layers) + 1, height), layout="constrained")
     axes = fig.subplots(1, len(shifts.layers), squeeze=False)[0]
     for ax, layer in zip(axes, shifts.layers):
         top = layer.top[::-1]  # largest at the top
         ax.barh([f"#{s.feature}" for s in top], [s.change for s in top],
                 color=["tab:red" if s.selected else "tab:grey" for s in top])
         ax.axvline(0, color="black", linewidth=0.5)
-        ax.set(title=f"layer {layer.layer}", xlabel="mean activation: with - without adapter")
+        ax.set(title=f"layer {layer.layer}", xlabel="change in mean activation")
         ax.tick_params(axis="y", labelsize="small")
-    fig.suptitle(f"SAE features the adapter moves most on '{shifts.name}' (red: selected)")
+    fig.suptitle(f"Features the adapter moves most on '{shifts.name}' (red: selected)")
     fig.savefig(path, dpi=120)
     return path
 
@@ -537,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from .eval import load_model_for_eval, load_prompt_set  # only the command line needs the evaluation package
+
+    if args.quiet:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
 
     prompt_sets = {name: load_prompt_set(source, split=args.split, limit=args.max_prompts,
                                          prompt_column=args.prompt_column)

@@ -38,7 +38,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1]), sys.argv[2])
 with torch.no_grad():
-    torch.save(model(input_ids=torch.load(sys.argv[3])).logits, sys.argv[4])
+    torch.save(model(input_ids=torch.load(sys.argv[3], weights_only=True)).logits, sys.argv[4])
 assert "peft_sails" not in sys.modules
 """
 

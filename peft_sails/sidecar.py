@@ -13,7 +13,7 @@ from huggingface_hub import hf_hub_download
 SIDECAR_NAME = "sails_config.json"
 SIDECAR_FORMAT = 1
 _VERSIONED = ("peft-sails", "peft", "transformers", "sae-lens", "torch", "trl")
-_META_KEYS = ("format_version", "library_versions")
+_META_KEYS = ("format_version", "library_versions", "adapter")
 
 
 def library_versions() -> dict[str, Optional[str]]:
@@ -40,13 +40,21 @@ def atomic_write_text(path: str, text: str) -> None:
         raise
 
 
-def write_sidecar(path: str, sails_fields: dict[str, Any]) -> None:
-    payload = {"format_version": SIDECAR_FORMAT, "library_versions": library_versions(), **sails_fields}
+def write_sidecar(path: str, sails_fields: dict[str, Any], adapter: dict[str, Any]) -> None:
+    """Write the SAILS fields, the library versions and `adapter`, the fingerprint of the adapter it describes."""
+    payload = {"format_version": SIDECAR_FORMAT, "library_versions": library_versions(), "adapter": adapter,
+               **sails_fields}
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
-def read_sidecar(model_id: str, subfolder: Optional[str] = None, **hub_kwargs) -> dict[str, Any]:
-    """Read and validate the sidecar of a local adapter folder or a Hub repo; return SAILSConfig field values."""
+def read_sidecar(
+    model_id: str, subfolder: Optional[str] = None, expected_adapter: Optional[dict[str, Any]] = None, **hub_kwargs
+) -> dict[str, Any]:
+    """Read and validate the sidecar of a local adapter folder or a Hub repo; return SAILSConfig field values.
+
+    With `expected_adapter` (the fingerprint of the adapter_config.json beside it), a sidecar that describes
+    another adapter is refused.
+    """
     local = os.path.join(model_id, subfolder or "", SIDECAR_NAME)
     if os.path.isfile(local):
         path = local
@@ -69,6 +77,12 @@ def read_sidecar(model_id: str, subfolder: Optional[str] = None, **hub_kwargs) -
             f"{path} is not a peft-sails sidecar of format {SIDECAR_FORMAT} "
             f"(format_version={payload.get('format_version') if isinstance(payload, dict) else None!r})."
         )
+    if expected_adapter is not None and payload.get("adapter") is not None:
+        differ = [f"{k} {v!r} (sidecar) vs {expected_adapter.get(k)!r} (adapter_config.json)"
+                  for k, v in payload["adapter"].items() if expected_adapter.get(k) != v]
+        if differ:
+            raise ValueError(f"{path} does not describe the adapter beside it: {'; '.join(differ)}. "
+                             "Was it copied from another adapter?")
     return _validated_fields(payload, path)
 
 

@@ -65,9 +65,11 @@ def test_adapter_and_merged_models(saved):
     assert torch.allclose(logits[0], logits[1], atol=1e-5) and not torch.allclose(logits[0], logits[2], atol=1e-3)
 
 
-def test_missing_model_offline_names_id():
+def test_missing_model_or_adapter_offline_names_id(saved):
     with pytest.raises(FileNotFoundError, match="model 'local-org/not-a-model'.*offline mode is on"):
         load_model_for_eval("local-org/not-a-model")
+    with pytest.raises(FileNotFoundError, match="adapter 'local-org/not-an-adapter'.*offline mode is on"):
+        load_model_for_eval(str(saved / "base"), adapter="local-org/not-an-adapter")
 
 
 def test_evaluate_model_on_synthetic_splits(llama, tokenizer):

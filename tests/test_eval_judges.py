@@ -63,7 +63,8 @@ def test_pattern_judge_checks_lengths_and_extra_patterns():
     with pytest.raises(ValueError, match="Got 2 prompts but 1 responses"):
         PatternRefusalJudge().judge(["a", "b"], ["x"])
     assert not PatternRefusalJudge().judge(["q"], ["Computer says nope."])[0].refused
-    assert PatternRefusalJudge(extra_refusal_patterns=[r"computer says no"]).judge(["q"], ["Computer says nope."])[0].refused
+    extended = PatternRefusalJudge(extra_refusal_patterns=[r"computer says no"])
+    assert extended.judge(["q"], ["Computer says nope."])[0].refused
 
 
 @pytest.mark.parametrize("text, score", [
@@ -127,7 +128,7 @@ def test_rating_template_needs_both_fields(tokenizer, llama):
 def _classifier(tokenizer, labels):
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+                         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
     with torch.no_grad():

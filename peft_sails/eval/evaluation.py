@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from .generation import GenerationSettings, generate_responses
 from .judges import Judge
-from .metrics import JudgedResponse, summarise
+from .metrics import JudgedResponse, check_kinds, summarise
 from .report import EvalReport
 from .scoring import Scorer, exact_match
 
@@ -21,6 +21,7 @@ def _rows(name: str, prompts: Dataset) -> list[dict[str, Any]]:
         raise ValueError(f"Prompt set {name!r} has columns {prompts.column_names} but no 'prompt' column; load it with "
                          "peft_sails.eval.load_prompt_set or rename the column.")
     rows = [dict(r) for r in prompts]
+    check_kinds((r.get("kind") or "harmful" for r in rows), f" in prompt set {name!r}")
     missing = [i for i, r in enumerate(rows) if r.get("kind") == "capability" and r.get("reference") is None]
     if missing:
         raise ValueError(f"Prompt set {name!r}: capability rows {missing[:5]} have no 'reference' to score against.")
@@ -54,11 +55,12 @@ def evaluate_model(model: Any, tokenizer: Any, prompt_sets: Mapping[str, Dataset
     scored with `scorer(response, reference)`.
     """
     generation = generation or GenerationSettings()
-    rows: list[tuple[str, dict[str, Any]]] = [(name, r) for name, data in prompt_sets.items() for r in _rows(name, data)]
+    rows = [(name, r) for name, data in prompt_sets.items() for r in _rows(name, data)]
     responses: list[str] = []
-    for name, data in prompt_sets.items():
+    for name in prompt_sets:
         prompts = [r["prompt"] for split, r in rows if split == name]
-        responses += generate_responses(model, tokenizer, prompts, generation, show_progress, desc=f"generating ({name})")
+        responses += generate_responses(model, tokenizer, prompts, generation, show_progress,
+                                        desc=f"generating ({name})")
     judged = judge_rows([{**r, "response": resp} for (_, r), resp in zip(rows, responses)], judge)
     records = []
     for (split, row), verdict in zip(rows, judged):

@@ -22,7 +22,8 @@ class GenerationSettings:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with --do_sample)."})
     system_prompt: str | None = field(default=None, metadata={"help": "A system message before each prompt."})
     use_chat_template: bool = field(default=True, metadata={
-        "help": "Wrap each prompt in the tokenizer's chat template (--no_use_chat_template: raw text, for base models)."})
+        "help": "Wrap each prompt in the tokenizer's chat template (--no_use_chat_template: raw text, for base "
+                "models)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling."})
 
     def __post_init__(self) -> None:

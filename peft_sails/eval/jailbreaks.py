@@ -1,5 +1,6 @@
 """Jailbreaks applied to a prompt set: template wrappers (role-play, prefix injection, refusal suppression, after
-Wei et al., 2023, "Jailbroken"), and GCG adversarial suffixes (Zou et al., 2023) through the optional `nanogcg`.
+Wei et al., 2023, "Jailbroken"), and GCG adversarial suffixes (Zou et al., 2023) through nanogcg (installed
+separately).
 
 Wrapped rows keep the request in `original_prompt`, which the judges read: a response is judged against what was
 asked, not against the wrapper.
@@ -86,8 +87,8 @@ def _nanogcg() -> Any:
         import nanogcg
     except ImportError as err:
         raise ImportError(
-            "GCG suffixes need nanogcg, an optional extra: `pip install peft-sails[gcg]`, or `pip install --no-deps "
-            "nanogcg==0.3.0` (its metadata pins transformers<=4.47.1, which would downgrade transformers)."
+            "GCG suffixes need nanogcg, which is not installed: `pip install --no-deps nanogcg==0.3.0 scipy` (without "
+            "--no-deps pip would downgrade transformers: nanogcg's metadata pins transformers<=4.47.1)."
         ) from err
     return nanogcg
 

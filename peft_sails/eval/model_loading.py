@@ -37,7 +37,7 @@ def from_hub_or_path(load: Callable[..., T], model_id: str, what: str, **kwargs:
     saying whether HF_HUB_OFFLINE is set (never a silent fallback to another model)."""
     try:
         return load(model_id, **kwargs)
-    except OSError as err:  # transformers/peft/hub: not found, gated, or not in the offline cache
+    except (OSError, ValueError) as err:  # not found, gated, or not cached offline (peft raises ValueError)
         if os.path.isdir(model_id):
             raise
         hint = (
@@ -46,7 +46,8 @@ def from_hub_or_path(load: Callable[..., T], model_id: str, what: str, **kwargs:
             if is_offline_mode()
             else "Check the id (and `hf auth login` if the repo is gated), or pass a local folder."
         )
-        raise FileNotFoundError(f"Could not load the {what} {model_id!r}: {err.__class__.__name__}. {hint}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FileNotFoundError(f"Could not load the {what} {model_id!r} ({reason}). {hint}") from err
 
 
 def base_model_of(adapter: str) -> str:
@@ -68,8 +69,8 @@ def load_model_for_eval(model_id: str | None = None, adapter: str | None = None,
         if adapter is None:
             raise ValueError("Give a model id or path, an adapter, or both.")
         model_id = base_model_of(adapter)
-    target = resolve_device(device)
-    model = from_hub_or_path(AutoModelForCausalLM.from_pretrained, model_id, "model", dtype=resolve_dtype(dtype))
+    model = from_hub_or_path(AutoModelForCausalLM.from_pretrained, model_id, "model", dtype=resolve_dtype(dtype),
+                             device_map=str(resolve_device(device)))
     tokenizer = None
     if adapter is not None:
         from peft import PeftModel
@@ -82,4 +83,4 @@ def load_model_for_eval(model_id: str | None = None, adapter: str | None = None,
             model = model.merge_and_unload()
     if tokenizer is None:
         tokenizer = from_hub_or_path(AutoTokenizer.from_pretrained, model_id, "tokenizer")
-    return model.to(target).eval(), tokenizer
+    return model.eval(), tokenizer

@@ -55,7 +55,7 @@ PROMPT_SETS: dict[str, PromptSetSpec] = {
     ),
     "harmbench": PromptSetSpec(
         name="harmbench", hub_id="walledai/HarmBench", config="standard",
-        description="HarmBench standard behaviours (Mazeika et al., 2024), 200 prompts with a semantic category.",
+        description="HarmBench standard behaviours (Mazeika et al., 2024) with a semantic category.",
     ),
     "advbench": PromptSetSpec(
         name="advbench", hub_id="walledai/AdvBench",
@@ -88,7 +88,10 @@ def _first_human_turn(dialogue: str) -> str:
 def _read(spec: PromptSetSpec, path: str | None) -> Dataset:
     location = path or spec.hub_id
     if spec.csv_files:
-        base = location if os.path.isdir(location) else f"hf://datasets/{spec.hub_id}"
+        if path and not os.path.isdir(path):
+            raise ValueError(f"A local copy of {spec.name!r} must be a folder holding its files "
+                             f"{[f for _, f in spec.csv_files]}; {path!r} is not a folder.")
+        base = path or f"hf://datasets/{spec.hub_id}"
         files = {category: f"{base}/{name}" for category, name in spec.csv_files}
         parts = load_dataset("csv", data_files=files, column_names=[spec.prompt_column])
         return concatenate_datasets([parts[c].add_column("category", [c] * len(parts[c])) for c in files])
@@ -97,7 +100,7 @@ def _read(spec: PromptSetSpec, path: str | None) -> Dataset:
         if extension not in _FILE_BUILDERS:
             raise ValueError(f"Cannot read prompt file {location!r}: use one of {sorted(_FILE_BUILDERS)}.")
         return load_dataset(_FILE_BUILDERS[extension], data_files=location, split="train")
-    if os.path.isfile(os.path.join(location, "dataset_dict.json")) or os.path.isfile(os.path.join(location, "state.json")):
+    if any(os.path.isfile(os.path.join(location, f)) for f in ("dataset_dict.json", "state.json")):
         data = load_from_disk(location)  # a `save_to_disk` folder
         if isinstance(data, DatasetDict):
             if spec.split not in data:
