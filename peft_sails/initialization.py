@@ -199,7 +199,7 @@ def initialize_sails_weights(
     Statistics (basis size, variance kept, per layer) go to `config.subspace_stats`.
     Memory: one SAE at a time, then only the selected decoder rows and an `[r, d_model]` basis.
     """
-    config = config or model.peft_config[adapter_name]
+    config = config or getattr(model, "module", model).peft_config[adapter_name]  # through DDP-style wrappers
     if not config.features:
         raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
     subspace, stats = compute_sails_subspace(_unwrap(model), config, show_progress)

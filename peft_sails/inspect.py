@@ -491,7 +491,7 @@ def _subspace_source(args: argparse.Namespace, model: PeftModel, tokenizer: Any)
                              variance_threshold=args.variance_threshold, selection_batch_size=args.batch_size)
         harmful = load_dataset(args.harmful_dataset, split=args.split)
         harmful = harmful.select(range(min(args.selection_samples, len(harmful))))
-        pairs = [to_chat(harmful, "prompt", column) for column in (args.refusal_column, args.compliance_column)]
+        pairs = [to_chat(harmful, args.prompt_column, column) for column in (args.refusal_column, args.compliance_column)]
         with model.disable_adapter():
             config = select_features(model, tokenizer, config, *pairs, show_progress=not args.quiet)
         return config, f"the top {args.top_k} per layer selected here on `{args.harmful_dataset}`"
@@ -515,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompts", nargs="+", default=[], metavar="NAME=DATA",
                         help="Prompt sets for the feature view, e.g. harmful=data/harmful benign=xstest: a local "
                              "jsonl/csv/parquet file or folder, a Hub dataset id or a set peft_sails.eval knows.")
-    parser.add_argument("--prompt_column", default="prompt", help="Prompt column of the prompt sets.")
+    parser.add_argument("--prompt_column", default="prompt",
+                        help="Prompt column of the prompt sets and of --harmful_dataset.")
     parser.add_argument("--split", default="train", help="Split of the prompt sets and of --harmful_dataset.")
     parser.add_argument("--max_prompts", type=int, default=256, help="Use the first N prompts of each set.")
     parser.add_argument("--token_scope", choices=TOKEN_SCOPES, default="last_prompt",

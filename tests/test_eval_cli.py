@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
 
 from peft_sails.eval.cli import eval_cli, judge_cli
 from peft_sails.offline import tiny_llama
@@ -48,6 +50,16 @@ def test_eval_cli_writes_json_markdown_and_responses(model_dir, prompts_file, tm
     markdown = (out / "eval.md").read_text()
     assert markdown.startswith(f"# Safety evaluation: {model_dir}") and "| my_prompts | 3 |" in markdown
     assert "| my_prompts | 3 |" in capsys.readouterr().out
+
+
+def test_eval_cli_adapter_alone_reads_its_base_model(model_dir, prompts_file, tmp_path):
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    eval_cli(["--adapter", str(tmp_path / "adapter"), "--prompts", str(prompts_file), "--max_new_tokens", "2",
+              "--device", "cpu", "--output_dir", str(tmp_path / "out")])
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert report["model"] == f"{model_dir} + {tmp_path / 'adapter'}"
+    assert report["splits"]["my_prompts"]["overall"]["n"] == 4
 
 
 def test_judge_cli_pattern_and_rating(model_dir, tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_planted_feature_change_is_ranked_first(moving_adapter, tokenizer, data)
             assert changes == sorted(changes, reverse=True) and changes[-1] > 0
             assert first.url == f"https://www.neuronpedia.org/tiny-llama/1-res-256/{PLANTED}"
             assert layer.n_tokens == 16 if scope == "last_prompt" else layer.n_tokens > 16
-            assert layer.selected_change_share > 5 * layer.selected_baseline
+            assert layer.selected_change_share > 2 * layer.selected_baseline
     assert peft_model.training  # evaluated in eval mode, then put back in the mode it was in
     with pytest.raises(ValueError, match="token_scope"):
         feature_shifts(peft_model, tokenizer, config, prompt_sets, token_scope="response")

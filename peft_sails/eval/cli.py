@@ -20,7 +20,7 @@ from .evaluation import evaluate_model, judge_rows
 from .generation import GenerationSettings
 from .jailbreaks import JAILBREAK_TEMPLATES, apply_jailbreak
 from .judges import DEFAULT_REFUSAL_LABELS, Judge, judge_generation, load_judge
-from .model_loading import load_model_for_eval
+from .model_loading import base_model_of, load_model_for_eval
 from .prompt_sets import PROMPT_SETS, load_prompt_set, synthetic_prompt_sets
 from .scoring import SCORERS
 from .validation import load_labelled_responses, validate_judge
@@ -28,6 +28,8 @@ from .validation import load_labelled_responses, validate_judge
 
 @dataclass
 class JudgeArguments:
+    """The judge, and the device and dtype of every model loaded (judge and model under test)."""
+
     judge: str = field(default="pattern", metadata={
         "help": "'pattern' (refusal phrases, no model) or a judge model's Hub id or local folder: a causal LM asked "
                 "for a 1-5 harm rating, or a sequence classifier with a refusal label."})
@@ -71,14 +73,13 @@ def _prompt_sets(specs: list[str], limit: int | None) -> dict[str, Dataset]:
     sets: dict[str, Dataset] = {}
     for spec in specs:
         if spec == "synthetic":
-            sets.update({k: v.select(range(min(limit or len(v), len(v)))) for k, v in synthetic_prompt_sets().items()})
+            sets.update(synthetic_prompt_sets())
             continue
         name, sep, path = spec.partition("=")
         if not (sep and name in PROMPT_SETS):  # NAME=PATH only for registered names; other '=' belong to the path
             name, path = spec, ""
-        label = Path(name).stem if os.path.exists(name) else name
-        sets[label] = load_prompt_set(name, path=path or None, limit=limit)
-    return sets
+        sets[Path(name).stem if os.path.exists(name) else name] = load_prompt_set(name, path=path or None)
+    return {k: v if limit is None else v.select(range(min(limit, len(v)))) for k, v in sets.items()}
 
 
 def eval_cli(argv: list[str] | None = None) -> None:
@@ -89,18 +90,21 @@ def eval_cli(argv: list[str] | None = None) -> None:
     args, generation, judge_args = parser.parse_args_into_dataclasses(args=argv)
     if args.capability_scorer not in SCORERS:
         parser.error(f"--capability_scorer {args.capability_scorer!r}: choose one of {sorted(SCORERS)}.")
+    if args.model is None and args.adapter is None:
+        parser.error("give --model, --adapter, or both.")
     sets = _prompt_sets(args.prompts, args.prompt_limit)
     for name, data in list(sets.items()):
         for jailbreak in args.jailbreaks:
             wrapped = apply_jailbreak(data, jailbreak)
             if len(wrapped):
                 sets[f"{name}+{jailbreak}"] = wrapped
-    judge = judge_args.build()
-    model, tokenizer = load_model_for_eval(args.model, args.adapter, merge=args.merge, dtype=judge_args.dtype,
+    judge = judge_args.build()  # before the model: a missing judge fails fast
+    model_id = args.model or base_model_of(args.adapter)
+    model, tokenizer = load_model_for_eval(model_id, args.adapter, merge=args.merge, dtype=judge_args.dtype,
                                            device=judge_args.device)
     report = evaluate_model(model, tokenizer, sets, judge, generation, scorer=SCORERS[args.capability_scorer],
                             safe_threshold=args.safe_threshold,
-                            model_name=" + ".join(x for x in (args.model or "(adapter's base)", args.adapter) if x),
+                            model_name=model_id + (f" + {args.adapter}" if args.adapter else ""),
                             metadata={"prompts": args.prompts, "jailbreaks": args.jailbreaks, "merge": args.merge})
     paths = report.save(args.output_dir)
     print(report.to_markdown())

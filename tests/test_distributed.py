@@ -1,0 +1,26 @@
+"""Two processes under `accelerate launch` (gloo on CPU) end with the same SAILS init and train in step."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import HUB_CACHE
+
+
+@pytest.mark.slow
+def test_two_processes_agree(tmp_path, planted_saes):
+    out = tmp_path / "results.json"
+    script = Path(__file__).with_name("distributed_sails.py")
+    accelerate = Path(os.sys.executable).with_name("accelerate")
+    subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+                    str(script), str(out)], check=True, timeout=600,
+                   env={**os.environ, "HF_HUB_CACHE": HUB_CACHE, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    results = json.loads(out.read_text())
+    assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
+    assert results[0]["features"] == results[1]["features"]
+    assert results[0]["init"] == results[1]["init"]
+    assert all(r["two_step"] == r["init"] for r in results)  # DDP-wrapped init == plain init
+    assert results[0]["trained"] == results[1]["trained"] != results[0]["init"]
