@@ -237,7 +237,8 @@ def summarize_shares(shares: list[ModuleShare]) -> dict[str, Any]:
             "mean_principal_angle": mean(angles) if angles else None,
         }
 
-    return {"all": stats(shares), **{role: stats([m for m in shares if m.role == role]) for role in ("reader", "writer")}}
+    roles = {role: stats([m for m in shares if m.role == role]) for role in ("reader", "writer")}
+    return {"all": stats(shares), **roles}
 
 
 def prompt_rows(prompts: Any, tokenizer: Any, name: str = "prompts") -> list[dict[str, Any]]:
@@ -313,13 +314,12 @@ def feature_shifts(
             sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
             site = check_sae_fits(sae, model.get_base_model(), layer, config.check_sae_model)
             for name, data in rows.items():
-                def stats(label: str) -> FeatureStats:
-                    return accumulate_feature_stats(model, sae, site, iter_scored_batches(data, scoring, tokenizer, device),
-                                                    desc=f"layer {layer} {name} {label}", show_progress=show_progress)
-
-                with_adapter = stats("with adapter")
+                desc = f"layer {layer} {name}"
+                with_adapter = accumulate_feature_stats(model, sae, site, iter_scored_batches(
+                    data, scoring, tokenizer, device), f"{desc} with adapter", show_progress)
                 with model.disable_adapter():
-                    without = stats("without adapter")
+                    without = accumulate_feature_stats(model, sae, site, iter_scored_batches(
+                        data, scoring, tokenizer, device), f"{desc} without adapter", show_progress)
                 per_set[name].append(layer_shifts(layer, with_adapter, without, selected.get(layer, set()),
                                                   sae.cfg.metadata.neuronpedia_id, top_n))
             del sae
@@ -344,14 +344,19 @@ def inspect_adapter(
     """Inspect adapter `adapter_name` of `model` against the SAILS subspace of `sails_config` (the adapter's own
     `SAILSConfig.from_pretrained(...)`, or another adapter's for a plain LoRA adapter): the weight view, and the
     feature view on `prompt_sets` ({name: dataset or list of prompts}) when given. `seed` draws the random
-    subspaces of the baseline; `adapter` and `subspace_source` are labels for the report."""
+    subspaces of the baseline; `adapter` and `subspace_source` are labels for the report. The feature view needs
+    `adapter_name` to be the active adapter."""
+    if prompt_sets and model.active_adapter != adapter_name:
+        raise ValueError(f"The feature view runs the active adapter {model.active_adapter!r}, not {adapter_name!r}: "
+                         f"call model.set_adapter({adapter_name!r}) first.")
     config = subspace_config(model.peft_config[adapter_name], sails_config)
     if not config.features:
         raise ValueError("The SAILS config has no `features`: select them first (peft_sails.select_features).")
     base = _unwrap(model)
     subspace, stats = compute_sails_subspace(base, config, show_progress)
     modules, skipped = subspace_shares(model, config, subspace.basis.double(), adapter_name, seed)
-    shifts = feature_shifts(model, tokenizer, config, prompt_sets, top_n, token_scope, show_progress) if prompt_sets else []
+    shifts = (feature_shifts(model, tokenizer, config, prompt_sets, top_n, token_scope, show_progress)
+              if prompt_sets else [])
     return AdapterInspection(
         adapter=adapter or str(getattr(model, "name_or_path", "")), base_model=config.base_model_name_or_path,
         subspace_source=subspace_source or "the given SAILSConfig", sae_release=config.sae_release,
@@ -433,7 +438,8 @@ def render_markdown(report: AdapterInspection, files: dict[str, str]) -> str:
     if "subspace_plot" in files:
         lines += ["", f"![subspace share per layer]({files['subspace_plot']})"]
     lines += ["", "<details><summary>Per module</summary>", "",
-              "| module | role | ‖ΔW‖_F | share | random draw | k/d | angles (°) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| module | role | ‖ΔW‖_F | share | random draw | k/d | angles (°) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for m in report.modules:
         angles = "—" if m.angles is None else ", ".join(f"{a:.0f}" for a in m.angles)
         lines.append(f"| `{m.name}` | {m.role} | {m.delta_norm:.4g} | {_pct(m.share)} | {_pct(m.random_share)} | "
@@ -491,7 +497,8 @@ def _subspace_source(args: argparse.Namespace, model: PeftModel, tokenizer: Any)
                              variance_threshold=args.variance_threshold, selection_batch_size=args.batch_size)
         harmful = load_dataset(args.harmful_dataset, split=args.split)
         harmful = harmful.select(range(min(args.selection_samples, len(harmful))))
-        pairs = [to_chat(harmful, args.prompt_column, column) for column in (args.refusal_column, args.compliance_column)]
+        pairs = [to_chat(harmful, args.prompt_column, column)
+                 for column in (args.refusal_column, args.compliance_column)]
         with model.disable_adapter():
             config = select_features(model, tokenizer, config, *pairs, show_progress=not args.quiet)
         return config, f"the top {args.top_k} per layer selected here on `{args.harmful_dataset}`"

@@ -155,3 +155,8 @@ def test_no_pickle_loading_in_the_package():
         assert "import pickle" not in source, path
         for call in re.findall(r"torch\.load\([^)]*\)", source):
             assert "weights_only=True" in call, (path, call)
+
+
+def test_no_tokens_to_score(llama, tokenizer, data, planted_saes):
+    with pytest.raises(ValueError, match="No tokens to score at layer 1 .*check token_scope and max_length"):
+        select_features(llama, tokenizer, sails_config(max_length=4), data[0], data[1], show_progress=False)
