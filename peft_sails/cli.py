@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "quickstart": ("peft_sails.quickstart", "Run the whole SAILS pipeline offline on a tiny model and SAEs built here."),
+    "inspect": ("peft_sails.inspect", "Show what an adapter learned, in SAE features."),
     "card": ("peft_sails.card", "(Re)write the model card of a saved SAILS adapter."),
     "offline-world": ("peft_sails.world", "Build the tiny offline model, SAEs and data the tiny recipe runs on."),
 }

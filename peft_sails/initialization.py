@@ -18,12 +18,12 @@ from tqdm.auto import tqdm
 from .config import SAILSConfig
 from .residual import decoder_layers, model_device
 from .sae_loading import check_sae_fits, load_sae
-from .subspace import Subspace, _principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
+from .subspace import Subspace, principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
 
 logger = logging.getLogger(__name__)
 
 LORA_ROW_NORM = 1 / math.sqrt(3)  # expected row norm of PEFT's kaiming-uniform(a=sqrt(5)) lora_A
-_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.([^.]+)\.")
+LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.([^.]+)\.")
 _ATTENTION_BLOCKS = ("self_attn", "attn", "attention")
 Role = Literal["reader", "writer"]
 
@@ -96,7 +96,7 @@ def _mapped_basis(basis: torch.Tensor, scale: Optional[torch.Tensor], role: Role
     return orthonormalize_rows(basis.double() * scale.double()).float()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def base_model_of(model: nn.Module) -> nn.Module:
     """The transformers model inside a PeftModel / LoraModel (or the model itself)."""
     model = getattr(model, "module", model)  # DistributedDataParallel and friends
     if isinstance(model, PeftModel):
@@ -113,7 +113,7 @@ def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress:
     per_layer = {
         str(layer): {
             "n_features": int(r.shape[0]),
-            "n_directions_at_threshold": directions_for_variance(_principal_directions(r)[1], config.variance_threshold),
+            "n_directions_at_threshold": directions_for_variance(principal_directions(r)[1], config.variance_threshold),
             **info[layer],
         }
         for layer, r in rows.items()
@@ -129,11 +129,20 @@ def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress:
     return subspace, stats
 
 
+def module_basis(blocks: nn.ModuleList, name: str, role: Role, basis: torch.Tensor, config: SAILSConfig) -> torch.Tensor:
+    """The orthonormal rows SAILS writes into module `name` (before `a_scale`): `basis`, mapped through the
+    RMSNorm in front of a reader (or behind a writer, Gemma-2 style) when `config.norm_mapping` is set."""
+    match = LAYER_INDEX.search(name)
+    norm = _norm_scale(blocks[int(match.group(1))], match.group(2), role, basis.shape[1]) if (
+        config.norm_mapping and match) else None
+    return _mapped_basis(basis, norm, role)
+
+
 @torch.no_grad()
 def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig, subspace: Subspace) -> dict[str, int]:
     """Write `subspace` into the LoRA weights of `adapter_name` (cheap: no SAE is loaded); see
     `initialize_sails_weights` for what each module gets. Returns how many modules of each kind were written."""
-    base = _unwrap(model)
+    base = base_model_of(model)
     hidden = base.config.hidden_size
     blocks = decoder_layers(base)
     scale = config.a_scale or LORA_ROW_NORM
@@ -158,9 +167,7 @@ def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig
                 f"{name} is listed as a {role} of the residual stream but its {'input' if role == 'reader' else 'output'} "
                 f"width is {width}, not hidden_size={hidden}; fix reader_modules/writer_modules."
             )
-        match = _LAYER_INDEX.search(name)
-        norm = _norm_scale(blocks[int(match.group(1))], match.group(2), role, hidden) if (config.norm_mapping and match) else None
-        vectors = _mapped_basis(subspace.basis[:rank], norm, role) * scale
+        vectors = module_basis(blocks, name, role, subspace.basis[:rank], config) * scale
         if role == "reader":
             lora_a.copy_(vectors.to(lora_a))
             lora_b.zero_()
@@ -202,7 +209,7 @@ def initialize_sails_weights(
     config = config or getattr(model, "module", model).peft_config[adapter_name]  # through DDP-style wrappers
     if not config.features:
         raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
-    subspace, stats = compute_sails_subspace(_unwrap(model), config, show_progress)
+    subspace, stats = compute_sails_subspace(base_model_of(model), config, show_progress)
     apply_subspace(model, adapter_name, config, subspace, stats)
     return subspace
 

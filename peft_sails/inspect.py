@@ -39,11 +39,11 @@ from tqdm.auto import tqdm
 from .card import NEURONPEDIA
 from .config import SAILSConfig
 from .data import iter_scored_batches, to_chat
-from .initialization import _LAYER_INDEX, Role, _mapped_basis, _norm_scale, _unwrap, compute_sails_subspace, module_role
+from .initialization import LAYER_INDEX, Role, base_model_of, compute_sails_subspace, module_basis, module_role
 from .residual import decoder_layers
 from .sae_loading import check_sae_fits, load_sae
 from .selection import FeatureStats, accumulate_feature_stats, model_device, select_features
-from .subspace import _principal_directions, orthonormalize_rows
+from .subspace import principal_directions, orthonormalize_rows
 
 TOKEN_SCOPES = ("last_prompt", "prompt")
 EMPTY_ANSWER = [{"role": "assistant", "content": ""}]
@@ -144,16 +144,6 @@ def subspace_config(adapter_config: LoraConfig, source: SAILSConfig) -> SAILSCon
     return SAILSConfig(**lora, **source.sails_dict())
 
 
-def sails_initial_basis(blocks: nn.ModuleList, name: str, role: Role, basis: torch.Tensor,
-                        config: SAILSConfig) -> torch.Tensor:
-    """The orthonormal rows SAILS initialisation writes into module `name` (before `a_scale`): `basis`, mapped
-    through the RMSNorm in front of a reader (or behind a writer, Gemma-2) when `config.norm_mapping` is set."""
-    match = _LAYER_INDEX.search(name)
-    norm = _norm_scale(blocks[int(match.group(1))], match.group(2), role, basis.shape[1]) if (
-        config.norm_mapping and match) else None
-    return _mapped_basis(basis, norm, role).double()
-
-
 def _energy(left: torch.Tensor, right: torch.Tensor) -> float:
     """||left @ right||²_F through the r x r Gram matrices, so a [d_out, d_in] ΔW is never formed."""
     return float(((left.T @ left) * (right @ right.T)).sum())
@@ -173,7 +163,7 @@ def principal_angles(rows_a: torch.Tensor, rows_b: torch.Tensor) -> Optional[lis
     """Principal angles in degrees, ascending, between the row spans of two matrices; None if one is zero."""
     if not rows_a.any() or not rows_b.any():
         return None
-    span_a, span_b = _principal_directions(rows_a)[0], _principal_directions(rows_b)[0]
+    span_a, span_b = principal_directions(rows_a)[0], principal_directions(rows_b)[0]
     cosines = torch.linalg.svdvals(span_a @ span_b.T).clamp(0, 1)
     return torch.rad2deg(torch.arccos(cosines)).tolist()
 
@@ -185,7 +175,7 @@ def subspace_shares(
     """The weight view: a `ModuleShare` for every LoRA module of `adapter_name` that reads or writes the residual
     stream (`config.reader_modules` / `writer_modules`), measured against the rows of `basis` each one gets at
     SAILS initialisation. Returns the shares and the modules left out, with the reason."""
-    base = _unwrap(model)
+    base = base_model_of(model)
     hidden = base.config.hidden_size
     blocks = decoder_layers(base)
     generator = torch.Generator().manual_seed(seed)
@@ -203,10 +193,10 @@ def subspace_shares(
             skipped[name] = f"a {role} whose {'input' if role == 'reader' else 'output'} is not the residual stream"
             continue
         rank = module.r[adapter_name]
-        init = sails_initial_basis(blocks, name, role, basis[:rank], config)
+        init = module_basis(blocks, name, role, basis[:rank], config).double()
         random_basis = orthonormalize_rows(torch.randn(rank, hidden, generator=generator, dtype=torch.float64))
         factor = lora_a if role == "reader" else lora_b.T  # the factor SAILS initialises with the basis
-        match = _LAYER_INDEX.search(name)
+        match = LAYER_INDEX.search(name)
         shares.append(ModuleShare(
             name=name, module=name.rsplit(".", 1)[-1], layer=int(match.group(1)) if match else None, role=role,
             rank=rank, width=hidden,
@@ -352,7 +342,7 @@ def inspect_adapter(
     config = subspace_config(model.peft_config[adapter_name], sails_config)
     if not config.features:
         raise ValueError("The SAILS config has no `features`: select them first (peft_sails.select_features).")
-    base = _unwrap(model)
+    base = base_model_of(model)
     subspace, stats = compute_sails_subspace(base, config, show_progress)
     modules, skipped = subspace_shares(model, config, subspace.basis.double(), adapter_name, seed)
     shifts = (feature_shifts(model, tokenizer, config, prompt_sets, top_n, token_scope, show_progress)

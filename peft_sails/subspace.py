@@ -25,7 +25,7 @@ class Subspace:
         return self.basis.shape[0] - self.n_pca
 
 
-def _principal_directions(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def principal_directions(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Uncentred PCA (SVD) of unit-normalised rows: directions `[k, d]` and explained-variance ratios `[k]`."""
     rows = rows.double()
     norms = rows.norm(dim=1, keepdim=True)
@@ -69,7 +69,7 @@ def build_subspace(
     d = decoder_rows.shape[1]
     if r > d:
         raise ValueError(f"r={r} is larger than the residual stream width {d}; choose r <= {d}.")
-    directions, explained = _principal_directions(decoder_rows)
+    directions, explained = principal_directions(decoder_rows)
     n_threshold = directions_for_variance(explained, variance_threshold)
     if n_threshold > r:
         logger.warning(

@@ -14,8 +14,9 @@ LABELLED_FILE = "labelled_responses.jsonl"
 
 
 def load_labelled_responses(split: str | None = None) -> list[dict[str, Any]]:
-    """The labelled set: rows {id, kind, prompt, response, refused, split}. `split` is "dev" (written before the
-    pattern judge and used while writing it) or "heldout" (written after the judge was frozen); None = both."""
+    """The labelled set: rows {id, kind, prompt, response, refused, split}. `split`: "dev" (written before the
+    pattern judge, used while writing it), "review" (written after a first version, then used to generalise it),
+    "test" (written after the judge was frozen, never used to change it), or None for all."""
     text = resources.files("peft_sails.eval").joinpath(LABELLED_FILE).read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     if split is not None:
