@@ -27,7 +27,7 @@ from peft_sails.offline import (  # noqa: E402
 )
 from peft_sails.residual import ResidualSite, collect_residuals  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # as the subprocesses of the tests will
 SAE_REPO = "local-org/tiny-llama-saes"
 LAYERS = (1, 2)
 D_SAE = 256

@@ -17,7 +17,7 @@ def test_quickstart_end_to_end(tmp_path):
     # r * (in + out) per module: q, o 64->64; k, v 64->32; gate, up 64->128; down 128->64; 4 layers
     assert report["trainable_params"] == 4 * 4 * (2 * 128 + 2 * 96 + 3 * 192)
     assert 0 < report["trainable_share"] < 1
-    assert all(s["explained_variance"] > 0.5 for s in report["sae"].values())
+    assert all(ev > 0.5 for ev in report["sae_explained_variance"].values())
     assert (tmp_path / "sails-adapter" / "sails_config.json").exists() and (tmp_path / "quickstart.json").exists()
 
 
