@@ -4,7 +4,8 @@ the point). Offline: a Llama built from a config, a random ReLU SAE in a tempora
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python benchmarks/overheads.py            # writes benchmarks/results/overheads.json
     python benchmarks/overheads.py --hidden_size 512 --n_examples 512 --repeats 5
 
-Rows: selection (stage 1) time / one forward pass over the same data; initialisation (stages 2-3) time / one
+Rows: selection (stage 1) time / one forward pass over the same data, with one SAE loaded at a time (the
+default) and with all SAEs in one pass (`saes_per_pass`); initialisation (stages 2-3) time / one
 training epoch; training step time SAILS / LoRA at equal rank; peak RSS of selection at 4x / 1x the data
 (each in a fresh subprocess).
 """
@@ -111,6 +112,10 @@ def main(args: argparse.Namespace) -> dict:
     progress.update()
     t_select = median_time(lambda: select_features(model, tokenizer, config, aligned, unaligned,
                                                    show_progress=False), args.repeats)
+    one_pass = copy.deepcopy(config)
+    one_pass.saes_per_pass = len(config.sae_ids)
+    t_select_one_pass = median_time(lambda: select_features(model, tokenizer, one_pass, aligned, unaligned,
+                                                            show_progress=False), args.repeats)
     selected = select_features(model, tokenizer, config, aligned, unaligned, show_progress=False)
     progress.update()
 
@@ -144,9 +149,12 @@ def main(args: argparse.Namespace) -> dict:
     progress.close()
     report = {
         "setup": vars(args) | {"output": str(args.output), "torch_threads": torch.get_num_threads()},
-        "seconds": {"forward_pass": t_forward, "selection": t_select, "init": t_init, "epoch": t_epoch,
+        "seconds": {"forward_pass": t_forward, "selection": t_select, "selection_one_pass": t_select_one_pass,
+                    "init": t_init, "epoch": t_epoch,
                     "step_lora": step_times["lora"], "step_sails": step_times["sails"]},
-        "ratios": {"selection / forward pass": t_select / t_forward, "init / epoch": t_init / t_epoch,
+        "ratios": {"selection (one SAE at a time) / forward pass": t_select / t_forward,
+                   "selection (all SAEs in one pass) / forward pass": t_select_one_pass / t_forward,
+                   "init / epoch": t_init / t_epoch,
                    "step SAILS / LoRA": step_times["sails"] / step_times["lora"],
                    "selection peak RSS 4x / 1x": rss[4 * args.n_examples] / rss[args.n_examples]},
         "peak_rss_kib": {"1x": rss[args.n_examples], "4x": rss[4 * args.n_examples]},

@@ -140,6 +140,13 @@ class SAILSConfig(LoraConfig):
         default=None, metadata={"help": "Tokenizer for selection; defaults to the model's `name_or_path`."}
     )
     selection_batch_size: int = field(default=8, metadata={"help": "Batch size of the selection forward passes."})
+    saes_per_pass: int = field(
+        default=1,
+        metadata={
+            "help": "SAEs held in memory at once during selection. 1 (default) loads one layer's SAE at a time and "
+            "runs the data once per layer; len(sae_ids) runs it once in all, up to the deepest layer."
+        },
+    )
     max_length: int = field(default=512, metadata={"help": "Examples are truncated to this many tokens."})
     max_selection_samples: Optional[int] = field(
         default=None, metadata={"help": "Use at most this many rows of each selection dataset."}
@@ -181,8 +188,8 @@ class SAILSConfig(LoraConfig):
                 raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
         if self.a_scale is not None and not self.a_scale > 0:
             raise ValueError(f"`a_scale` must be positive (or None for LoRA's scale), got {self.a_scale!r}.")
-        if self.selection_batch_size <= 0 or self.max_length <= 0:
-            raise ValueError("`selection_batch_size` and `max_length` must be positive.")
+        if self.selection_batch_size <= 0 or self.max_length <= 0 or self.saes_per_pass <= 0:
+            raise ValueError("`selection_batch_size`, `max_length` and `saes_per_pass` must be positive.")
         if (self.aligned_dataset is None) != (self.unaligned_dataset is None):
             raise ValueError("Name both `aligned_dataset` and `unaligned_dataset`, or neither.")
 

@@ -305,10 +305,10 @@ def feature_shifts(
             site = check_sae_fits(sae, model.get_base_model(), layer, config.check_sae_model)
             for name, data in rows.items():
                 desc = f"layer {layer} {name}"
-                with_adapter = accumulate_feature_stats(model, sae, site, iter_scored_batches(
+                (with_adapter,) = accumulate_feature_stats(model, [(sae, site)], iter_scored_batches(
                     data, scoring, tokenizer, device), f"{desc} with adapter", show_progress)
                 with model.disable_adapter():
-                    without = accumulate_feature_stats(model, sae, site, iter_scored_batches(
+                    (without,) = accumulate_feature_stats(model, [(sae, site)], iter_scored_batches(
                         data, scoring, tokenizer, device), f"{desc} without adapter", show_progress)
                 per_set[name].append(layer_shifts(layer, with_adapter, without, selected.get(layer, set()),
                                                   sae.cfg.metadata.neuronpedia_id, top_n))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,17 +94,22 @@ def read_residual(
 
 
 @torch.no_grad()
-def run_to_site(
+def run_to_sites(
     model: nn.Module,
-    site: ResidualSite,
+    sites: Sequence[ResidualSite],
     batches: Iterable[Any],
-    fn: Callable[[torch.Tensor, Any], None],
+    fn: Callable[[int, torch.Tensor, Any], None],
     desc: str = "",
     show_progress: bool = False,
 ) -> None:
-    """Run each batch (with `input_ids`, `attention_mask`) only up to `site`; call `fn(hidden_states, batch)` there."""
+    """Run each batch (with `input_ids`, `attention_mask`) only up to the deepest of `sites`; at site `i` call
+    `fn(i, hidden_states, batch)`."""
+    deepest = max(range(len(sites)), key=lambda i: (sites[i].layer, sites[i].position == "post"))
     current: dict[str, Any] = {}
-    with read_residual(model, site, lambda hidden: fn(hidden, current["batch"])):
+    with ExitStack() as hooks:
+        for i, site in enumerate(sites):
+            reader = functools.partial(lambda i, hidden: fn(i, hidden, current["batch"]), i)
+            hooks.enter_context(read_residual(model, site, reader, stop=i == deepest))
         for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
             current["batch"] = batch
             try:
@@ -115,5 +121,5 @@ def run_to_site(
 def collect_residuals(model: nn.Module, site: ResidualSite, batches: Iterable[Any]) -> torch.Tensor:
     """The float32 residual activations at `site` of every scored token (`batch.score_mask`), as `[tokens, d]`."""
     chunks: list[torch.Tensor] = []
-    run_to_site(model, site, batches, lambda hidden, batch: chunks.append(hidden[batch.score_mask].float()))
+    run_to_sites(model, [site], batches, lambda _, hidden, batch: chunks.append(hidden[batch.score_mask].float()))
     return torch.cat(chunks)

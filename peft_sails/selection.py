@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ from transformers import AutoTokenizer
 
 from .config import SAILSConfig
 from .data import check_selection_data, iter_scored_batches
-from .residual import ResidualSite, model_device, run_to_site
+from .residual import ResidualSite, model_device, run_to_sites
 from .sae_loading import check_sae_fits, load_sae
 
 logger = logging.getLogger(__name__)
@@ -92,27 +93,28 @@ def rank_features(
 
 def accumulate_feature_stats(
     model: nn.Module,
-    sae: SAE,
-    site: ResidualSite,
+    saes: Sequence[tuple[SAE, ResidualSite]],
     batches: Any,
     desc: str = "",
     show_progress: bool = True,
-) -> FeatureStats:
-    """Run `batches` through `model` up to `site`, encode the scored tokens with `sae` (float32) and sum up."""
-    stats = FeatureStats.zeros(sae.cfg.d_sae, model_device(model))
+) -> list[FeatureStats]:
+    """Run `batches` through `model` once, up to the deepest site; encode the scored tokens at each site with its
+    SAE (float32) and sum up. Returns one `FeatureStats` per `(sae, site)`."""
+    stats = [FeatureStats.zeros(sae.cfg.d_sae, model_device(model)) for sae, _ in saes]
 
-    def consume(hidden: torch.Tensor, batch: Any) -> None:
+    def consume(i: int, hidden: torch.Tensor, batch: Any) -> None:
         x = hidden[batch.score_mask].float()
         if not torch.isfinite(x).all():
             raise ValueError(
-                f"Non-finite residual activations at layer {site.layer} ({desc}); the model's weights or dtype "
-                "overflow (try float32 or bfloat16 instead of float16)."
+                f"Non-finite residual activations at layer {saes[i][1].layer} ({desc}); the model's weights or "
+                "dtype overflow (try float32 or bfloat16 instead of float16)."
             )
-        stats.update(sae.encode(x))
+        stats[i].update(saes[i][0].encode(x))
 
-    run_to_site(model, site, batches, consume, desc=desc, show_progress=show_progress)
-    if stats.n_tokens == 0:
-        raise ValueError(f"No tokens to score at layer {site.layer} ({desc}): check token_scope and max_length.")
+    run_to_sites(model, [site for _, site in saes], batches, consume, desc=desc, show_progress=show_progress)
+    for (_, site), side in zip(saes, stats):
+        if side.n_tokens == 0:
+            raise ValueError(f"No tokens to score at layer {site.layer} ({desc}): check token_scope and max_length.")
     return stats
 
 
@@ -133,8 +135,9 @@ def select_features(
         aligned, unaligned: `datasets.Dataset` (or lists of dicts) in chat (`messages`) or prompt/completion format:
             harmful requests with refusals, and the same kind of requests with compliance.
 
-    One SAE is loaded at a time and released after its layer is scored. Each forward pass stops at the SAE's
-    layer. Memory: one batch of activations plus O(d_sae) running sums per side; it does not grow with the data.
+    `config.saes_per_pass` SAEs are loaded at a time (default 1) and released once their layers are scored; each
+    forward pass stops at the deepest of their layers. Memory: those SAEs, one batch of activations and O(d_sae)
+    running sums per SAE and side; it does not grow with the data. More SAEs per pass means fewer passes.
     """
     for data, name in ((aligned, "aligned"), (unaligned, "unaligned")):
         check_selection_data(data, config, tokenizer, name)
@@ -142,22 +145,30 @@ def select_features(
     was_training = model.training
     model.eval()
     features: dict[int, list[dict[str, float]]] = {}
+    layers = config.layers
+    progress = tqdm(total=len(layers), desc="SAILS feature selection", disable=not show_progress)
     try:
-        for layer in tqdm(config.layers, desc="SAILS feature selection", disable=not show_progress):
-            sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
-            site = check_sae_fits(sae, model, layer, config.check_sae_model)
-            if config.top_k > sae.cfg.d_sae:
-                raise ValueError(f"top_k={config.top_k} is larger than the SAE width d_sae={sae.cfg.d_sae} at layer {layer}.")
-            sides = [
-                accumulate_feature_stats(
-                    model, sae, site, iter_scored_batches(data, config, tokenizer, device),
-                    desc=f"layer {layer} {name}", show_progress=show_progress,
-                )
+        for start in range(0, len(layers), config.saes_per_pass):
+            chunk = layers[start:start + config.saes_per_pass]
+            saes = []
+            for layer in chunk:
+                sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
+                saes.append((sae, check_sae_fits(sae, model, layer, config.check_sae_model)))
+                if config.top_k > sae.cfg.d_sae:
+                    raise ValueError(
+                        f"top_k={config.top_k} is larger than the SAE width d_sae={sae.cfg.d_sae} at layer {layer}."
+                    )
+            aligned_stats, unaligned_stats = (
+                accumulate_feature_stats(model, saes, iter_scored_batches(data, config, tokenizer, device),
+                                         desc=f"layers {chunk} {name}", show_progress=show_progress)
                 for data, name in ((aligned, "aligned"), (unaligned, "unaligned"))
-            ]
-            features[layer] = rank_features(*sides, top_k=config.top_k, min_firing_rate=config.min_firing_rate)
-            del sae, sides
+            )
+            for layer, a, u in zip(chunk, aligned_stats, unaligned_stats):
+                features[layer] = rank_features(a, u, top_k=config.top_k, min_firing_rate=config.min_firing_rate)
+            del saes, aligned_stats, unaligned_stats
+            progress.update(len(chunk))
     finally:
+        progress.close()
         model.train(was_training)
     selected = copy.deepcopy(config)
     selected.features = features

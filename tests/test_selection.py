@@ -92,3 +92,9 @@ def test_selection_memory_does_not_grow_with_data():
                               "--d_sae", "16384"], capture_output=True, text=True, check=True).stdout
         peaks[n] = json.loads(out.strip().splitlines()[-1])["peak_rss_kib"]
     assert peaks[800] <= 1.10 * peaks[200], peaks
+
+
+def test_all_saes_in_one_pass_selects_the_same(llama, tokenizer, data, selected_config):
+    one_pass = select_features(llama, tokenizer, sails_config(saes_per_pass=2), data[0], data[1],
+                               show_progress=False)
+    assert one_pass.features == selected_config.features
