@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hidden_size", type=int, default=256)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--d_sae", type=int, default=4096)
+    parser.add_argument("--sae_layers", type=int, nargs="+", default=[1, 2], help="Layers that get an SAE.")
     parser.add_argument("--n_examples", type=int, default=256, help="Rows of aligned and of unaligned data.")
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="Timings are medians over this many repeats.")
@@ -51,13 +52,13 @@ def build(args: argparse.Namespace):
     tokenizer = build_tokenizer()
     model = tiny_llama(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers)
     generator = torch.Generator().manual_seed(0)
-    for layer in (1, 2):
+    for layer in args.sae_layers:
         sae = make_sae(torch.randn(args.d_sae, args.hidden_size, generator=generator), f"blocks.{layer}.hook_resid_post",
                        "tiny-llama", b_enc=torch.full((args.d_sae,), -0.5))
         save_sae_to_hub_cache(sae, "local-org/bench-saes", f"layer_{layer}", os.environ["HF_HUB_CACHE"])
     aligned, unaligned, benign = toy_safety_data(args.n_examples, seed=0)
     config = SAILSConfig(r=args.r, lora_alpha=2 * args.r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                         sae_release="local-org/bench-saes", sae_ids={1: "layer_1", 2: "layer_2"}, top_k=64)
+                         sae_release="local-org/bench-saes", sae_ids={l: f"layer_{l}" for l in args.sae_layers}, top_k=64)
     return tokenizer, model, aligned, unaligned, benign, config
 
 
@@ -77,15 +78,18 @@ def selection_rss(args: argparse.Namespace) -> None:
 
     tokenizer, model, _, _, _, config = build(args)
     aligned, unaligned, _ = toy_safety_data(args.selection_rss, seed=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     select_features(model, tokenizer, config, aligned, unaligned, show_progress=False)
-    print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "peak_rss_before_selection_kib": before}))
 
 
-def rss_of_selection(args: argparse.Namespace, n: int) -> int:
+def rss_of_selection(args: argparse.Namespace, n: int) -> dict[str, int]:
     cmd = [sys.executable, __file__, "--selection_rss", str(n), "--hidden_size", str(args.hidden_size),
-           "--num_layers", str(args.num_layers), "--d_sae", str(args.d_sae), "--r", str(args.r)]
+           "--num_layers", str(args.num_layers), "--d_sae", str(args.d_sae), "--r", str(args.r),
+           "--sae_layers", *map(str, args.sae_layers)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_kib"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -156,7 +160,8 @@ def main(args: argparse.Namespace) -> dict:
                    "selection (all SAEs in one pass) / forward pass": t_select_one_pass / t_forward,
                    "init / epoch": t_init / t_epoch,
                    "step SAILS / LoRA": step_times["sails"] / step_times["lora"],
-                   "selection peak RSS 4x / 1x": rss[4 * args.n_examples] / rss[args.n_examples]},
+                   "selection peak RSS 4x / 1x": rss[4 * args.n_examples]["peak_rss_kib"]
+                   / rss[args.n_examples]["peak_rss_kib"]},
         "peak_rss_kib": {"1x": rss[args.n_examples], "4x": rss[4 * args.n_examples]},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -24,3 +24,25 @@ def test_two_processes_agree(tmp_path, planted_saes):
     assert results[0]["init"] == results[1]["init"]
     assert all(r["two_step"] == r["init"] for r in results)  # DDP-wrapped init == plain init
     assert results[0]["trained"] == results[1]["trained"] != results[0]["init"]
+
+
+@pytest.mark.slow
+def test_recipe_under_accelerate_launch(tmp_path):
+    """The tiny recipe with two processes: both select the same features, only the main process writes the card."""
+    from peft_sails import SAILSConfig
+    from peft_sails.world import WorldArguments, build_offline_world
+
+    world = build_offline_world(WorldArguments(output_dir=str(tmp_path / "world"), sae_repo="local-org/dist-saes",
+                                               n_train=32, base_steps=10, d_sae=64))
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "adapter"
+    accelerate = Path(os.sys.executable).with_name("accelerate")
+    subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
+                    str(root / "trl_recipes" / "sails_sft.py"), "--config", str(root / "trl_recipes" / "tiny-offline.yaml"),
+                    "--model_name_or_path", world.model_dir, "--harmful_dataset", world.harmful_dir,
+                    "--benign_dataset", world.benign_dir, "--sae_release", world.sae_repo, "--output_dir", str(out),
+                    "--max_steps", "3", "--top_k", "8"], check=True, timeout=600,
+                   env={**os.environ, "HF_HUB_CACHE": HUB_CACHE, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    config = SAILSConfig.from_pretrained(str(out))
+    assert sorted(config.features) == [1, 2] and "## Chosen SAE features" in (out / "README.md").read_text()
