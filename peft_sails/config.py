@@ -35,6 +35,19 @@ def _int_keys(mapping: Optional[dict], name: str) -> Optional[dict]:
     return out
 
 
+def _lora_kwargs(config: LoraConfig, init_lora_weights: Any) -> dict[str, Any]:
+    """The LoraConfig fields of `config` (copied), with another init."""
+    kwargs = {f.name: copy.deepcopy(getattr(config, f.name)) for f in fields(LoraConfig) if f.init}
+    kwargs.pop("peft_type", None)
+    return {**kwargs, "init_lora_weights": init_lora_weights}
+
+
+def _fingerprint(config: LoraConfig) -> dict[str, Any]:
+    """What ties a sidecar to the adapter_config.json beside it (checked when loading)."""
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules or []),
+            "base_model_name_or_path": config.base_model_name_or_path}
+
+
 @dataclass
 class SAILSConfig(LoraConfig):
     """LoRA initialised in a subspace built from SAE decoder directions (SAILS, arXiv 2512.23260).
@@ -199,10 +212,7 @@ class SAILSConfig(LoraConfig):
 
     def stock_lora_config(self) -> LoraConfig:
         """The plain `LoraConfig` this adapter is saved as (default init, no SAILS fields)."""
-        kwargs = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(LoraConfig) if f.init}
-        kwargs.pop("peft_type", None)
-        kwargs["init_lora_weights"] = True
-        return LoraConfig(**kwargs)
+        return LoraConfig(**_lora_kwargs(self, init_lora_weights=True))
 
     def sails_dict(self) -> dict[str, Any]:
         """The SAILS-specific fields (everything a plain LoraConfig lacks)."""
@@ -220,22 +230,13 @@ class SAILSConfig(LoraConfig):
         with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-") as tmp:
             self.stock_lora_config().save_pretrained(tmp, **kwargs)
             os.replace(os.path.join(tmp, CONFIG_NAME), os.path.join(save_directory, CONFIG_NAME))
-        write_sidecar(os.path.join(save_directory, SIDECAR_NAME), self.sails_dict(), self.adapter_fingerprint())
+        write_sidecar(os.path.join(save_directory, SIDECAR_NAME), self.sails_dict(), _fingerprint(self))
         atomic_write_text(os.path.join(save_directory, "README.md"), card)
-
-    def adapter_fingerprint(self) -> dict[str, Any]:
-        """What ties the sidecar to its adapter_config.json (checked when loading)."""
-        return {"r": self.r, "lora_alpha": self.lora_alpha, "target_modules": sorted(self.target_modules or []),
-                "base_model_name_or_path": self.base_model_name_or_path}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
         """Load the full SAILS config of a saved adapter (local directory or Hub repo): LoRA fields + sidecar."""
         lora = LoraConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        sails = read_sidecar(pretrained_model_name_or_path, subfolder=subfolder, expected_adapter={
-            "r": lora.r, "lora_alpha": lora.lora_alpha, "target_modules": sorted(lora.target_modules or []),
-            "base_model_name_or_path": lora.base_model_name_or_path}, **kwargs)
-        lora_kwargs = {f.name: getattr(lora, f.name) for f in fields(LoraConfig) if f.init}
-        lora_kwargs.pop("peft_type", None)
-        lora_kwargs["init_lora_weights"] = "sails"
-        return cls(**lora_kwargs, **sails)
+        sails = read_sidecar(pretrained_model_name_or_path, subfolder=subfolder, expected_adapter=_fingerprint(lora),
+                             **kwargs)
+        return cls(**_lora_kwargs(lora, init_lora_weights="sails"), **sails)
