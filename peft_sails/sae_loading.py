@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 
 import torch
+from huggingface_hub import is_offline_mode
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from sae_lens import SAE
 from torch import nn
 
 from .residual import ResidualSite
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
 def load_sae(release: str, sae_id: str, device: str | torch.device = "cpu") -> SAE:
@@ -34,7 +31,7 @@ def load_sae(release: str, sae_id: str, device: str | torch.device = "cpu") -> S
         hint = (
             "HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched: download the SAE once "
             "with a network, or point `sae_release` at a local directory."
-            if _offline()
+            if is_offline_mode()
             else "Check the release/repo id and the SAE id (sae-lens' pretrained_saes.yaml lists the releases)."
         )
         raise FileNotFoundError(
