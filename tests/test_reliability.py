@@ -32,6 +32,9 @@ def test_unknown_sae_release_or_id(llama, tokenizer, data):
     with pytest.raises(ValueError, match="Release not-a-release not found"):
         select_features(llama, tokenizer, sails_config(sae_release="not-a-release"), data[0], data[1],
                         show_progress=False)
+    with pytest.raises(ValueError, match="of release 'org/bad name!'.*Repo id must"):  # checked by huggingface_hub
+        select_features(llama, tokenizer, sails_config(sae_release="org/bad name!"), data[0], data[1],
+                        show_progress=False)
 
 
 def test_rank_larger_than_the_residual_stream(llama, selected_config):
