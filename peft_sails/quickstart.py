@@ -6,8 +6,8 @@
 Steps: train a tiny Llama that complies with harmful requests (TRL `SFTTrainer`), train TopK SAEs on its
 residual stream (sae-lens `SAETrainer`) and save them into the local Hugging Face cache as a Hub repo, select
 features, initialise a SAILS adapter with `get_peft_model`, align it with `SFTTrainer`, save it, and reload it
-with plain peft in a process that never imports peft_sails. The refusal check is a keyword toy, not the
-evaluation suite.
+with plain peft in a process that never imports peft_sails. Refusals are counted by the pattern judge of
+`peft_sails.eval` on the training prompts: a check that the pipeline works, not a benchmark.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from trl import SFTTrainer
 
 from .config import SAILSConfig
 from .data import to_chat
+from .eval import GenerationSettings, PatternRefusalJudge, generate_responses
 from .selection import select_features
 from .world import WorldArguments, sft_args, build_offline_world
 
-REFUSAL_WORDS = ("cannot", "sorry", "refuse", "not able")
 RELOAD_SCRIPT = """
 import sys, torch
 from peft import PeftModel
@@ -53,14 +53,10 @@ class QuickstartArguments(WorldArguments):
 
 
 def refusal_rate(model, tokenizer, prompts: list[str]) -> float:
-    """Share of greedy answers that contain a refusal word (a toy check for the demo)."""
-    model.eval()
-    batch = tokenizer.apply_chat_template([[{"role": "user", "content": p}] for p in prompts], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True, padding=True, padding_side="left")
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(any(w in a for w in REFUSAL_WORDS) for a in answers) / len(answers)
+    """Share of greedy answers (12 tokens) that the pattern judge of `peft_sails.eval` counts as refusals."""
+    responses = generate_responses(model, tokenizer, prompts, GenerationSettings(max_new_tokens=12, batch_size=64),
+                                   show_progress=False)
+    return sum(j.refused for j in PatternRefusalJudge().judge(prompts, responses)) / len(prompts)
 
 
 def main(args: QuickstartArguments) -> dict:
@@ -122,8 +118,8 @@ def main(args: QuickstartArguments) -> dict:
           f"({stats['n_directions_at_threshold']} needed for {config.variance_threshold:.0%})")
     print(f"Trainable: {trainable:,} of {base_params:,} base parameters = {trainable / base_params:.3%}")
     print(f"SAE explained variance: {world.sae_explained_variance}")
-    print(f"Toy refusal rate on harmful prompts: base {report['base_refusal_rate']:.0%} -> "
-          f"SAILS {report['sails_refusal_rate']:.0%}; on benign prompts: {report['sails_benign_refusal_rate']:.0%}")
+    print(f"Refusal rate (pattern judge, training prompts), harmful: base {report['base_refusal_rate']:.0%} -> "
+          f"SAILS {report['sails_refusal_rate']:.0%}; benign: {report['sails_benign_refusal_rate']:.0%}")
     print(f"Reloaded with plain peft (no peft_sails import), logits bit-identical: {report['reload_bit_identical']}")
     print(f"Seconds per stage: {timings}")
     (out / "quickstart.json").write_text(json.dumps(report, indent=2, default=str))
