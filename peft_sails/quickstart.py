@@ -86,8 +86,8 @@ def main(args: QuickstartArguments) -> dict:
     print("3/4 Initialising the SAILS adapter and aligning it with SFTTrainer")
     tick = time.perf_counter()
     peft_model = get_peft_model(model, copy.deepcopy(config))
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    base_params = sum(p.numel() for p in peft_model.get_base_model().parameters()) - trainable
+    stats = peft_model.peft_config["default"].subspace_stats  # counted at initialisation
+    trainable, base_params = stats["n_adapter_params"], stats["n_base_params"]
     SFTTrainer(model=peft_model, args=sft_args(out / "sails-run", args.sails_steps, args.sails_lr, args.seed),
                processing_class=tokenizer,
                train_dataset=concatenate_datasets([aligned, benign]).shuffle(seed=args.seed)).train()
@@ -108,7 +108,6 @@ def main(args: QuickstartArguments) -> dict:
     report["reload_bit_identical"] = bool(torch.equal(torch.load(out / "reloaded.pt", weights_only=True), expected))
     timings["save_and_reload"] = round(time.perf_counter() - tick, 1)
 
-    stats = peft_model.peft_config["default"].subspace_stats
     report.update(trainable_params=trainable, base_params=base_params, trainable_share=trainable / base_params,
                   subspace=stats, seconds=timings)
     print("\nChosen features (top 5 per layer, of", args.top_k, "):")
