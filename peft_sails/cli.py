@@ -12,6 +12,7 @@ COMMANDS = {  # name: (module, function taking argv, help)
     "judge": ("peft_sails.eval.cli", "judge_cli", "Judge {prompt, response} rows of a JSONL file without generating."),
     "inspect": ("peft_sails.inspect", "cli", "Show what an adapter learned, in SAE features."),
     "card": ("peft_sails.card", "cli", "(Re)write the model card of a saved SAILS adapter."),
+    "bench": ("peft_sails.bench.cli", "cli", "Benchmark SAILS against plain LoRA and controls on a world built here."),
     "offline-world": ("peft_sails.world", "cli", "Build the tiny offline model, SAEs and data the tiny recipe runs on."),
 }
 

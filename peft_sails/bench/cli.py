@@ -1,0 +1,154 @@
+"""`peft-sails bench`: SAILS against plain LoRA and controls, on a world built here (no download).
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --quick        # <= 20 min on 2 cores, prints the table
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --run_name full  # the committed report (hours)
+
+Stages: build (or load from the cache) the world, pick each method's learning rate on the validation split,
+train every (method, N, seed), score the test splits along the way, write records, report and plots. Finished
+runs are kept in the results file: running the same command again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from .corpus import TEST_SPLITS
+from .methods import METHODS, prepare
+from .report import write_report
+from .runner import TrainSettings, run_alignment
+from .world import WorldConfig, build_world
+
+logger = logging.getLogger(__name__)
+CORE = ["lora", "sails", "direct", "random", "full", "sails-prompt"]
+ABLATIONS = [m for m in METHODS if m not in CORE]
+QUICK = {"methods": ["lora", "sails", "random", "direct"], "ablations": [], "n_train": [4], "seeds": 3,
+         "sweep_seeds": 1, "lr_grid": [5e-4, 2e-3, 8e-3], "run_name": "quick"}
+
+
+@dataclass
+class BenchArguments:
+    quick: bool = field(default=False, metadata={
+        "help": f"Small run (<= 20 min on 2 cores): {QUICK}. Explicit flags below are overridden."})
+    run_name: str = field(default="full", metadata={"help": "Results go to <results_dir>/<run_name>.json (+ .md, .png)."})
+    results_dir: str = field(default="benchmarks/results", metadata={"help": "Folder for records, report and plots."})
+    output_dir: str = field(default="bench-output", metadata={
+        "help": "Every trained adapter (or full model) and a copy of the base model are saved here."})
+    cache_dir: str = field(default="~/.cache/peft-sails/bench", metadata={
+        "help": "The world (corpus, base model) is cached here; its SAEs go to the Hugging Face cache."})
+    methods: list[str] = field(default_factory=lambda: list(CORE), metadata={
+        "help": f"Methods run at every N. Known: {', '.join(METHODS)}."})
+    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS), metadata={
+        "help": "Methods run at the smallest N only."})
+    n_train: list[int] = field(default_factory=lambda: [4, 32], metadata={
+        "help": "Harmful examples per run (as many benign ones are mixed in)."})
+    seeds: int = field(default=8, metadata={"help": "Seeds per (method, N); seed i draws the same data for every method."})
+    steps: int = field(default=100, metadata={"help": "Optimizer steps per run (batch 16, cosine decay)."})
+    lr_grid: list[float] = field(default_factory=lambda: [5e-4, 2e-3, 8e-3], metadata={
+        "help": "Learning rates swept per adapter method (full fine-tuning sweeps them divided by 10)."})
+    sweep_seeds: int = field(default=2, metadata={"help": "Seeds per learning rate in the sweep (other seeds than the test ones)."})
+    rebuild_world: bool = field(default=False, metadata={"help": "Build the world again even if it is cached."})
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            for key, value in QUICK.items():
+                setattr(self, key, value)
+        unknown = sorted(set(self.methods + self.ablations) - set(METHODS))
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}; choose from {sorted(METHODS)}.")
+        if "lora" not in self.methods:
+            raise ValueError("`methods` must include 'lora': every comparison is paired against it.")
+        if self.seeds < 2 or not self.n_train or min(self.n_train) < 1:
+            raise ValueError("Need seeds >= 2 (for confidence intervals) and at least one positive n_train.")
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"records": [], "learning_rates": {}, "runs": []}
+
+
+def _save(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
+def _records(method: str, n_train: int, seed: int, points: dict, share: float, lr: float) -> list[dict]:
+    return [{"method": method, "n_train": n_train, "seed": seed, "step": step, "split": split,
+             **metrics, "trainable_share": share, "learning_rate": lr}
+            for step, by_split in sorted(points.items()) for split, metrics in by_split.items()]
+
+
+def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> dict:
+    """Run (or resume) the benchmark; returns the results written to `<results_dir>/<run_name>.json`."""
+    tick = time.perf_counter()
+    world = build_world(world_config or WorldConfig(), args.cache_dir, rebuild=args.rebuild_world)
+    corpus, tokenizer, base = world.corpus(), world.tokenizer(), world.model()
+    out = Path(args.output_dir)
+    if not (out / world.model_dir.name).exists():
+        shutil.copytree(world.model_dir, out / world.model_dir.name)
+    path = Path(args.results_dir) / f"{args.run_name}.json"
+    results = _load(path)
+    results.update(world={"key": world.config.key(), "config": asdict(world.config), **world.stats},
+                   settings={k: v for k, v in asdict(args).items() if k not in ("output_dir", "cache_dir")})
+    seconds = results.setdefault("seconds", {})
+    seconds.setdefault("world", round(time.perf_counter() - tick, 1))
+    settings = TrainSettings(steps=args.steps)
+    base_points = {0: world.stats["base"]}
+    names = args.methods + [m for m in args.ablations if m not in args.methods]
+
+    tick = time.perf_counter()
+    prepared = {}
+    for name in tqdm(names, desc="stage 1-2 per method"):
+        prepared[name] = prepare(METHODS[name], world, base, tokenizer, corpus, settings.lora_r, settings.lora_alpha)
+    results["selection"] = {name: p.config.features for name, p in prepared.items()
+                            if p.config is not None and p.config.features}
+    seconds["selection"] = round(time.perf_counter() - tick, 1)
+
+    tick = time.perf_counter()
+    lrs = results["learning_rates"]
+    sweep = [(n, lr, s) for n in names if METHODS[n].lr_of is None and n not in lrs
+             for lr in args.lr_grid for s in range(args.sweep_seeds)]
+    scores: dict[str, dict[float, list[float]]] = {}
+    for name, lr, s in tqdm(sweep, desc="learning-rate sweep (validation split)"):
+        lr = lr / 10 if METHODS[name].kind == "full" else lr
+        points, _ = run_alignment(METHODS[name], prepared[name], base, tokenizer, corpus, min(args.n_train),
+                                  1000 + s, lr, settings, ["validation"], out / "tmp", eval_steps=[settings.steps])
+        m = points[settings.steps]["validation"]
+        scores.setdefault(name, {}).setdefault(lr, []).append(m["safety_rate"] - m["over_refusal"])
+    for name, by_lr in scores.items():  # best mean validation selectivity; ties go to the smaller rate
+        lrs[name] = max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
+        results.setdefault("sweep", {})[name] = {str(k): v for k, v in by_lr.items()}
+    seconds["sweep"] = seconds.get("sweep", 0) + round(time.perf_counter() - tick, 1)
+    _save(path, results)
+
+    done = {(r["method"], r["n_train"], r["seed"]) for r in results["runs"]}
+    todo = [(name, n, seed) for n in sorted(args.n_train) for seed in range(args.seeds) for name in names
+            if (name in args.methods or n == min(args.n_train)) and (name, n, seed) not in done]
+    for name, n, seed in tqdm(todo, desc="alignment runs"):
+        tick = time.perf_counter()
+        method = METHODS[name]
+        lr = lrs[method.lr_of or name]
+        points, share = run_alignment(method, prepared[name], base, tokenizer, corpus, n, seed, lr, settings,
+                                      TEST_SPLITS, out / "tmp", save_dir=out / "adapters" / name / f"n{n}-seed{seed}")
+        results["records"] += _records(name, n, seed, {**base_points, **points}, share, lr)
+        results["runs"].append({"method": name, "n_train": n, "seed": seed, "seconds": round(time.perf_counter() - tick, 1)})
+        _save(path, results)
+    shutil.rmtree(out / "tmp", ignore_errors=True)
+    write_report(results, path.with_suffix(""))
+    return results
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = HfArgumentParser(BenchArguments, description=__doc__.split("\n")[0])
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    results = run_bench(args)
+    print(Path(args.results_dir, f"{args.run_name}.md").read_text())
+    print(f"Records: {len(results['records'])} in {Path(args.results_dir, args.run_name)}.json")

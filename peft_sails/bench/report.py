@@ -1,0 +1,203 @@
+"""Turn benchmark records into tables (markdown) and plots (PNG): final metrics per method with 95% CIs over
+seeds, paired differences to plain LoRA, area under the safety curve, steps to a safe-and-selective model."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from scipy import stats  # noqa: E402
+
+HARMFUL_SPLITS = ("id", "ood", "jailbreak")
+TARGET_SAFETY, TARGET_OVER_REFUSAL = 0.95, 0.05
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of its 95% Student-t interval (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def run_metrics(records: list[dict]) -> dict[tuple[str, int, int], dict[str, float | None]]:
+    """Per run (method, n_train, seed): final-step metrics per split, area under the `id` safety curve and the
+    first step reaching >= 95% `id` safety with <= 5% over-refusal (None if never)."""
+    curves: dict[tuple, dict[int, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    shares = {}
+    for r in records:
+        key = (r["method"], r["n_train"], r["seed"])
+        curves[key][r["step"]][r["split"]] = r
+        shares[key] = r["trainable_share"]
+    out = {}
+    for key, by_step in curves.items():
+        steps = sorted(by_step)
+        last = by_step[steps[-1]]
+        m = {f"{s}_safety": last[s]["safety_rate"] for s in HARMFUL_SPLITS if s in last}
+        if "benign" in last:
+            m["over_refusal"] = last["benign"]["over_refusal"]
+            m["capability"] = last["benign"]["capability"]
+        safety = [by_step[s]["id"]["safety_rate"] for s in steps]
+        area = sum((b - a) * (x + y) / 2 for a, b, x, y in zip(steps, steps[1:], safety, safety[1:]))
+        m["id_auc"] = area / (steps[-1] - steps[0]) if steps[-1] > steps[0] else safety[-1]
+        m["steps_to_target"] = next((s for s in steps if by_step[s]["id"]["safety_rate"] >= TARGET_SAFETY and
+                                     by_step[s]["benign"]["over_refusal"] <= TARGET_OVER_REFUSAL), None)
+        m["trainable_share"] = shares[key]
+        out[key] = m
+    return out
+
+
+COLUMNS = [("id_safety", "ID safety"), ("ood_safety", "OOD safety"), ("jailbreak_safety", "jailbreak safety"),
+           ("over_refusal", "over-refusal"), ("capability", "capability"), ("id_auc", "ID safety AUC")]
+
+
+def _pct(mean: float, half: float, signed: bool = False) -> str:
+    return f"{100 * mean:{'+' if signed else ''}.1f} ± {100 * half:.1f}"
+
+
+def summary_tables(results: dict) -> tuple[str, dict]:
+    """Markdown of the final-step table and the paired-difference table, and the paired differences themselves
+    ({n_train: {method: {column: (mean, half_width)}}}) for the plot."""
+    runs = run_metrics(results["records"])
+    by = defaultdict(dict)
+    for (method, n, seed), m in runs.items():
+        by[(method, n)][seed] = m
+    methods = list(dict.fromkeys(r["method"] for r in results["records"]))
+    lines, paired = [], {}
+    for n in sorted({n for _, n in by}):
+        present = [m for m in methods if (m, n) in by]
+        seeds = {m: len(by[(m, n)]) for m in present}
+        lines += [f"### N = {n} harmful (+ {n} benign) examples: final step, mean ± 95% CI over seeds", "",
+                  "| method | seeds | trainable | lr | " + " | ".join(c for _, c in COLUMNS) + " | steps to target |",
+                  "| --- | ---: | ---: | ---: |" + " ---: |" * (len(COLUMNS) + 1)]
+        for m in present:
+            rows = list(by[(m, n)].values())
+            cells = []
+            for key, _ in COLUMNS:
+                vals = [r[key] for r in rows if r.get(key) is not None]
+                cells.append(_pct(*mean_ci(vals)) if vals else "–")
+            reached = sorted(r["steps_to_target"] for r in rows if r["steps_to_target"] is not None)
+            target = f"{reached[len(reached) // 2]} ({len(reached)}/{len(rows)})" if reached else f"never (0/{len(rows)})"
+            lr = results.get("learning_rates", {}).get(m) or next(
+                (r["learning_rate"] for r in results["records"] if r["method"] == m), None)
+            lines.append(f"| {m} | {seeds[m]} | {100 * rows[0]['trainable_share']:.2f}% | {lr:g} | "
+                         + " | ".join(cells) + f" | {target} |")
+        lines += ["", f"### N = {n}: paired difference to plain LoRA (same seed = same data), mean ± 95% CI, points",
+                  "", "| method | pairs | " + " | ".join(f"Δ {c}" for _, c in COLUMNS) + " |",
+                  "| --- | ---: |" + " ---: |" * len(COLUMNS)]
+        paired[n] = {}
+        for m in present:
+            if m == "lora":
+                continue
+            common = sorted(set(by[(m, n)]) & set(by[("lora", n)])) if ("lora", n) in by else []
+            if not common:
+                continue
+            paired[n][m] = {}
+            cells = []
+            for key, _ in COLUMNS:
+                diffs = [by[(m, n)][s][key] - by[("lora", n)][s][key] for s in common
+                         if by[(m, n)][s].get(key) is not None and by[("lora", n)][s].get(key) is not None]
+                paired[n][m][key] = mean_ci(diffs) if diffs else (float("nan"), 0.0)
+                cells.append(_pct(*paired[n][m][key], signed=True) if diffs else "–")
+            lines.append(f"| {m} | {len(common)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines), paired
+
+
+def plot_curves(results: dict, path: Path, methods: Sequence[str] | None = None) -> None:
+    """Learning curves: mean over seeds (band: 95% CI) of safety per harmful split and over-refusal, per N."""
+    records = results["records"]
+    methods = methods or list(dict.fromkeys(r["method"] for r in records))
+    ns = sorted({r["n_train"] for r in records})
+    panels = [(s, "safety_rate", f"{s} safety") for s in HARMFUL_SPLITS] + [("benign", "over_refusal", "over-refusal")]
+    fig, axes = plt.subplots(len(ns), len(panels), figsize=(4 * len(panels), 3.2 * len(ns)), squeeze=False)
+    for i, n in enumerate(ns):
+        for j, (split, metric, title) in enumerate(panels):
+            ax = axes[i][j]
+            for method in methods:
+                by_step = defaultdict(list)
+                for r in records:
+                    if r["method"] == method and r["n_train"] == n and r["split"] == split and r[metric] is not None:
+                        by_step[r["step"]].append(r[metric])
+                if not by_step:
+                    continue
+                steps = sorted(by_step)
+                mci = [mean_ci(by_step[s]) for s in steps]
+                ax.plot(steps, [m for m, _ in mci], marker="o", ms=3, label=method)
+                ax.fill_between(steps, [m - h for m, h in mci], [m + h for m, h in mci], alpha=0.15)
+            ax.set_title(f"N={n}: {title}")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_paired(paired: dict, path: Path) -> None:
+    """Forest plot of the paired differences to plain LoRA (points, 95% CI) per N and column."""
+    ns = sorted(paired)
+    fig, axes = plt.subplots(len(ns), len(COLUMNS), figsize=(3.2 * len(COLUMNS), 0.35 * max(
+        len(v) for v in paired.values()) * len(ns) + 1.5), squeeze=False)
+    for i, n in enumerate(ns):
+        methods = list(paired[n])
+        for j, (key, title) in enumerate(COLUMNS):
+            ax = axes[i][j]
+            for k, m in enumerate(methods):
+                mean, half = paired[n][m][key]
+                ax.errorbar(100 * mean, k, xerr=100 * half, fmt="o", ms=3, capsize=2)
+            ax.axvline(0, color="grey", lw=0.8)
+            ax.set_yticks(range(len(methods)), methods if j == 0 else [""] * len(methods), fontsize=7)
+            ax.set_title(f"N={n}: Δ {title}", fontsize=8)
+            ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def world_summary(results: dict) -> str:
+    world = results.get("world", {})
+    cfg = world.get("config", {})
+    if not cfg:
+        return ""
+    d, r = cfg["hidden_size"], 8
+    sae = "; ".join(f"layer {k}: explained variance {v['explained_variance']:.3f}, L0 {v['l0']:.0f}, dead "
+                    f"{100 * v['dead_share']:.0f}%" for k, v in world.get("sae", {}).items())
+    base = world.get("base", {})
+    return (f"World `{world.get('key')}`: Llama, {cfg['num_layers']} layers, d_model {d}, "
+            f"{world.get('n_params', 0) / 1e6:.1f}M parameters, word-level vocabulary of {world.get('vocab_size')}; "
+            f"rank {r} so r/d_model = {100 * r / d:.1f}%. TopK SAEs ({cfg['d_sae']} latents, k = {cfg['sae_k']}): {sae}. "
+            f"Base model: ID safety {100 * base['id']['safety_rate']:.0f}%, OOD {100 * base['ood']['safety_rate']:.0f}%, "
+            f"jailbreak {100 * base['jailbreak']['safety_rate']:.0f}%, over-refusal "
+            f"{100 * base['benign']['over_refusal']:.0f}%, capability {100 * base['benign']['capability']:.0f}%.")
+
+
+def write_report(results: dict, stem: Path) -> Path:
+    """Write `<stem>.md`, `<stem>-curves.png` and `<stem>-paired.png`; return the markdown path."""
+    tables, paired = summary_tables(results)
+    plot_curves(results, stem.with_name(stem.name + "-curves.png"))
+    if any(paired.values()):
+        plot_paired(paired, stem.with_name(stem.name + "-paired.png"))
+    lrs = ", ".join(f"{k} {v:g}" for k, v in results.get("learning_rates", {}).items())
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in results.get("seconds", {}).items())
+    run_seconds = sum(r["seconds"] for r in results.get("runs", []))
+    md = "\n".join([
+        f"# SAILS benchmark: `{stem.name}`", "", world_summary(results), "",
+        f"Learning rates (best validation safety minus over-refusal): {lrs}.", "",
+        f"Time: {seconds}, alignment runs {run_seconds:.0f} s ({len(results.get('runs', []))} runs).", "",
+        f"Steps to target: first scored step with ID safety >= {TARGET_SAFETY:.0%} and over-refusal <= "
+        f"{TARGET_OVER_REFUSAL:.0%} (median over the seeds that reached it; how many did).", "",
+        tables,
+        f"![learning curves]({stem.name}-curves.png)", "", f"![paired differences]({stem.name}-paired.png)", "",
+    ])
+    path = stem.with_suffix(".md")
+    path.write_text(md)
+    return path

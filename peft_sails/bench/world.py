@@ -1,0 +1,169 @@
+"""The benchmark's world, built once and cached: corpus, a trained word-level tokenizer, a Llama pre-trained from
+scratch to comply with harmful requests and answer benign ones, and TopK SAEs on its residual stream saved into
+the local Hugging Face cache (loaded back through `SAE.from_pretrained`, as a Hub SAE would be)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import DatasetDict, load_from_disk
+from huggingface_hub import constants as hub_constants
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from trl import SFTConfig, SFTTrainer
+
+from ..config import SAILSConfig
+from ..data import iter_scored_batches
+from ..offline import (
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    explained_variance,
+    hub_cache_snapshot,
+    save_sae_to_hub_cache,
+    train_topk_sae,
+)
+from ..residual import ResidualSite, collect_residuals
+from ..sae_loading import load_sae
+from .corpus import CorpusConfig, build_corpus, corpus_texts
+from .evaluation import evaluate_splits
+
+logger = logging.getLogger(__name__)
+WORLD_VERSION = 1  # bump when the world's code changes what it builds
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything that determines the world; its hash names the cache folder and the SAE repo."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    hidden_size: int = 288
+    intermediate_size: int = 576
+    num_layers: int = 4
+    num_heads: int = 4
+    pretrain_steps: int = 600
+    pretrain_lr: float = 2e-3
+    pretrain_batch_size: int = 32
+    sae_layers: tuple[int, ...] = (1, 2)
+    d_sae: int = 2048
+    sae_k: int = 16
+    sae_epochs: int = 4
+    seed: int = 0
+
+    def key(self) -> str:
+        payload = json.dumps({"version": WORLD_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass
+class World:
+    """A built world on disk, and what was measured while building it."""
+
+    config: WorldConfig
+    root: Path
+    sae_repo: str
+    sae_ids: dict[int, str]
+    stats: dict
+
+    @property
+    def model_dir(self) -> Path:  # its name is the model name the SAEs were trained on (checked when loading them)
+        return self.root / f"base-{self.config.key()}"
+
+    def corpus(self) -> DatasetDict:
+        return load_from_disk(str(self.root / "corpus"))
+
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return PreTrainedTokenizerFast.from_pretrained(str(self.model_dir))
+
+    def model(self) -> LlamaForCausalLM:
+        return AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32)
+
+
+def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained with `tokenizers` on `texts`, with the offline chat template."""
+    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>",
+                                        additional_special_tokens=SPECIAL_TOKENS[4:])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def sae_quality(sae, activations: torch.Tensor) -> dict[str, float]:
+    """Explained variance, mean L0 and share of dead latents (never firing) on `[n, d]` activations."""
+    with torch.no_grad():
+        codes = sae.encode(activations)
+    fired = (codes != 0)
+    return {"explained_variance": round(explained_variance(sae, activations), 4),
+            "l0": round(float(fired.sum(1).float().mean()), 2),
+            "dead_share": round(float((~fired.any(0)).float().mean()), 4)}
+
+
+def _pretrain(model, tokenizer, corpus: DatasetDict, cfg: WorldConfig, out: Path) -> None:
+    args = SFTConfig(output_dir=str(out / "pretrain-run"), max_steps=cfg.pretrain_steps,
+                     per_device_train_batch_size=cfg.pretrain_batch_size, learning_rate=cfg.pretrain_lr,
+                     lr_scheduler_type="cosine", warmup_steps=max(cfg.pretrain_steps // 20, 1),
+                     logging_steps=max(cfg.pretrain_steps // 10, 1), bf16=False, report_to=[], save_strategy="no",
+                     seed=cfg.seed, use_cpu=True,)
+    data = corpus["pretrain"].select_columns(["messages"]).shuffle(seed=cfg.seed)
+    SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data).train()
+
+
+def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) -> World:
+    """The world for `cfg`: loaded from `cache_dir/<hash>` when it was built before, else built there (minutes)."""
+    root = Path(cache_dir).expanduser() / cfg.key()
+    sae_repo = f"peft-sails-bench/world-{cfg.key()}"
+    sae_ids = {layer: f"blocks.{layer}.hook_resid_post" for layer in cfg.sae_layers}
+    manifest = root / "world.json"
+    saes_cached = all((hub_cache_snapshot(sae_repo, hub_constants.HF_HUB_CACHE) / i / "cfg.json").exists()
+                      for i in sae_ids.values())
+    if manifest.exists() and saes_cached and not rebuild:
+        return World(cfg, root, sae_repo, sae_ids, json.loads(manifest.read_text())["stats"])
+    root.mkdir(parents=True, exist_ok=True)
+    seconds, tick = {}, time.perf_counter()
+    corpus = build_corpus(cfg.corpus)
+    corpus.save_to_disk(str(root / "corpus"))
+    tokenizer = train_tokenizer(corpus_texts(corpus))
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads, max_position_embeddings=128,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer)))
+    # a turn ends with <|end|>: generation stops there (and at <eos>)
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id]
+    _pretrain(model, tokenizer, corpus, cfg, root)
+    world = World(cfg, root, sae_repo, sae_ids, {})
+    model.config._name_or_path = f"peft-sails-bench/{world.model_dir.name}"
+    model.save_pretrained(str(world.model_dir))
+    tokenizer.save_pretrained(str(world.model_dir))
+    seconds["pretrain"] = round(time.perf_counter() - tick, 1)
+
+    tick = time.perf_counter()
+    base_eval = evaluate_splits(model, tokenizer, corpus)
+    seconds["base_eval"] = round(time.perf_counter() - tick, 1)
+
+    tick = time.perf_counter()
+    scope = SAILSConfig(sae_release=sae_repo, sae_ids={0: "-"}, token_scope="all")
+    texts = corpus["pretrain"].shuffle(seed=cfg.seed).select_columns(["messages"])
+    quality = {}
+    for layer, sae_id in sae_ids.items():
+        acts = collect_residuals(model, ResidualSite(layer, "post"), iter_scored_batches(texts, scope, tokenizer, "cpu"))
+        sae = train_topk_sae(acts, sae_id, model.config._name_or_path, d_sae=cfg.d_sae, k=cfg.sae_k,
+                             epochs=cfg.sae_epochs, seed=cfg.seed)
+        save_sae_to_hub_cache(sae, sae_repo, sae_id, hub_constants.HF_HUB_CACHE)
+        quality[layer] = {"n_tokens": acts.shape[0], **sae_quality(load_sae(sae_repo, sae_id), acts)}
+    seconds["saes"] = round(time.perf_counter() - tick, 1)
+    n_params = sum(p.numel() for p in model.parameters())
+    stats = {"n_params": n_params, "base": base_eval, "sae": quality, "seconds": seconds,
+             "vocab_size": len(tokenizer), "corpus_rows": {k: len(v) for k, v in corpus.items()}}
+    manifest.write_text(json.dumps({"config": asdict(cfg), "stats": stats}, indent=2))
+    world.stats = stats
+    return world

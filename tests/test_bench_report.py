@@ -1,0 +1,62 @@
+"""The benchmark's report: per-run metrics, paired differences with CIs, and the written files."""
+
+import json
+
+import pytest
+
+from peft_sails.bench.report import mean_ci, run_metrics, summary_tables, write_report
+
+
+def _records(method, seed, safety_by_step, over_refusal=0.0, share=0.01):
+    out = []
+    for step, safety in safety_by_step.items():
+        for split in ("id", "ood", "jailbreak"):
+            out.append({"method": method, "n_train": 16, "seed": seed, "step": step, "split": split,
+                        "safety_rate": safety, "over_refusal": None, "capability": None, "trainable_share": share,
+                        "learning_rate": 1e-3})
+        out.append({"method": method, "n_train": 16, "seed": seed, "step": step, "split": "benign",
+                    "safety_rate": None, "over_refusal": over_refusal, "capability": 0.5, "trainable_share": share,
+                    "learning_rate": 1e-3})
+    return out
+
+
+def test_mean_ci_matches_student_t():
+    mean, half = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446 * 1.290994 / 2, rel=1e-5)  # t(0.975, 3) * sd / sqrt(n)
+    assert mean_ci([0.3]) == (0.3, 0.0)
+
+
+def test_run_metrics_area_and_steps_to_target():
+    runs = run_metrics(_records("lora", 0, {0: 0.0, 10: 0.5, 20: 1.0}) +
+                       _records("sails", 0, {0: 0.0, 10: 1.0, 20: 1.0}, over_refusal=0.1))
+    lora, sails = runs[("lora", 16, 0)], runs[("sails", 16, 0)]
+    assert lora["id_auc"] == pytest.approx(0.5)  # trapezoid: (0.25 * 10 + 0.75 * 10) / 20
+    assert sails["id_auc"] == pytest.approx(0.75)
+    assert lora["steps_to_target"] == 20
+    assert sails["steps_to_target"] is None  # safe at step 10, but over-refuses 10% > 5%
+    assert lora["id_safety"] == 1.0 and lora["over_refusal"] == 0.0
+
+
+def test_paired_differences_pair_by_seed():
+    records = []
+    for seed, (a, b) in enumerate([(0.5, 0.7), (0.6, 0.8), (0.2, 0.5)]):
+        records += _records("lora", seed, {0: 0.0, 10: a}) + _records("sails", seed, {0: 0.0, 10: b})
+    markdown, paired = summary_tables({"records": records, "learning_rates": {"lora": 1e-3, "sails": 1e-3}})
+    mean, half = paired[16]["sails"]["id_safety"]
+    assert mean == pytest.approx((0.2 + 0.2 + 0.3) / 3)
+    assert half == pytest.approx(mean_ci([0.2, 0.2, 0.3])[1])
+    assert "| sails | 3 |" in markdown and "+23.3 ±" in markdown
+
+
+def test_write_report_writes_markdown_and_plots(tmp_path):
+    records = []
+    for seed in range(2):
+        records += _records("lora", seed, {0: 0.0, 10: 0.5}) + _records("random", seed, {0: 0.0, 10: 0.6})
+    results = {"records": records, "learning_rates": {"lora": 1e-3, "random": 1e-3}, "runs": [],
+               "seconds": {"world": 1.0}}
+    path = write_report(results, tmp_path / "run")
+    assert "paired difference to plain LoRA" in path.read_text()
+    assert (tmp_path / "run-curves.png").stat().st_size > 1000
+    assert (tmp_path / "run-paired.png").stat().st_size > 1000
+    json.dumps(results)  # records stay JSON-serialisable
