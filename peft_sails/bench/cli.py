@@ -17,14 +17,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from datasets import concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from ..controls import random_subspace
+from ..initialization import compute_sails_subspace
 from .corpus import TEST_SPLITS
-from .methods import METHODS, prepare
+from .analysis import feature_tokens, overlap, prompt_direction
+from .methods import METHODS, Prepared, prepare, selection_data
 from .report import write_report
 from .runner import TrainSettings, run_alignment
-from .world import WorldConfig, build_world
+from .world import World, WorldConfig, build_world
 
 logger = logging.getLogger(__name__)
 CORE = ["lora", "sails", "direct", "random", "full", "sails-prompt"]
@@ -86,6 +90,34 @@ def _records(method: str, n_train: int, seed: int, points: dict, share: float, l
             for step, by_split in sorted(points.items()) for split, metrics in by_split.items()]
 
 
+def analyse(prepared: dict[str, Prepared], world: World, base, tokenizer, corpus) -> dict:
+    """Overlap of every method's basis with the harmful-vs-benign request direction, and what the features of the
+    SAILS methods fire on."""
+    layers = sorted(world.sae_ids)
+    direction = prompt_direction(base, tokenizer, next(p.config for p in prepared.values() if p.config), corpus, layers)
+    d = base.config.hidden_size
+    r = next(iter(prepared.values())).r
+    overlaps = {"chance, sqrt(r/d)": round((r / d) ** 0.5, 3)}
+    for name, p in prepared.items():
+        method = METHODS[name]
+        if method.kind == "sails":
+            basis = compute_sails_subspace(base, p.config, show_progress=False)[0].basis
+        elif method.kind == "direct":
+            basis = p.subspace.basis
+        elif method.kind == "random":
+            basis = random_subspace(d, p.r, seed=0).basis
+        else:
+            continue
+        overlaps[name] = round(overlap(basis, direction), 3)
+    features = {}
+    for name in ("sails", "sails-prompt", "sails-minfire"):
+        if name in prepared:
+            aligned, unaligned = selection_data(corpus, METHODS[name].contrast, n=128)
+            features[name] = feature_tokens(base, tokenizer, prepared[name].config,
+                                            concatenate_datasets([aligned, unaligned]))
+    return {"overlap_with_request_direction": overlaps, "features": features}
+
+
 def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> dict:
     """Run (or resume) the benchmark; returns the results written to `<results_dir>/<run_name>.json`."""
     tick = time.perf_counter()
@@ -111,6 +143,8 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
     results["selection"] = {name: p.config.features for name, p in prepared.items()
                             if p.config is not None and p.config.features}
     seconds["selection"] = round(time.perf_counter() - tick, 1)
+    if "analysis" not in results:
+        results["analysis"] = analyse(prepared, world, base, tokenizer, corpus)
 
     tick = time.perf_counter()
     lrs = results["learning_rates"]

@@ -180,6 +180,27 @@ def world_summary(results: dict) -> str:
             f"{100 * base['benign']['over_refusal']:.0f}%, capability {100 * base['benign']['capability']:.0f}%.")
 
 
+def analysis_section(results: dict) -> str:
+    analysis = results.get("analysis")
+    if not analysis:
+        return ""
+    lines = ["## What the subspaces hold", "",
+             "Overlap of each basis (before norm mapping) with the unit direction that separates harmful from benign "
+             "requests at the last prompt token (difference of means, layers summed): |B v|, 0 = orthogonal, 1 = inside.",
+             "", "| basis | overlap |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in analysis["overlap_with_request_direction"].items()]
+    for name, layers in analysis.get("features", {}).items():
+        lines += ["", f"Top features of `{name}` (rho, delta, share of scored tokens they fire on, tokens with the "
+                  "highest mean activation):", "", "| layer | feature | rho | delta | fires on | top tokens |",
+                  "| ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"| {layer} | {f['id']} | {f['rho']:.2f} | {f['delta']:+.3f} | {100 * f['firing_rate']:.1f}% | "
+                  f"{', '.join(f'`{t}`' for t in f['top_tokens'])} |" for layer, feats in layers.items() for f in feats]
+    for name, layers in results.get("selection", {}).items():
+        ties = ", ".join(f"layer {layer}: {sum(f['rho'] == 1.0 for f in feats)}/{len(feats)}" for layer, feats in layers.items())
+        lines.append(f"\n`{name}`: selected features with rho = 1 exactly (silent on one side): {ties}.")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results: dict, stem: Path) -> Path:
     """Write `<stem>.md`, `<stem>-curves.png` and `<stem>-paired.png`; return the markdown path."""
     tables, paired = summary_tables(results)
@@ -196,6 +217,7 @@ def write_report(results: dict, stem: Path) -> Path:
         f"Steps to target: first scored step with ID safety >= {TARGET_SAFETY:.0%} and over-refusal <= "
         f"{TARGET_OVER_REFUSAL:.0%} (median over the seeds that reached it; how many did).", "",
         tables,
+        analysis_section(results),
         f"![learning curves]({stem.name}-curves.png)", "", f"![paired differences]({stem.name}-paired.png)", "",
     ])
     path = stem.with_suffix(".md")

@@ -1,0 +1,82 @@
+"""`peft-sails bench` end to end on a tiny world: records, resume, cache, saved adapters, report, arguments."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from peft_sails.bench.cli import BenchArguments, cli, run_bench
+from peft_sails.bench.corpus import CorpusConfig
+from peft_sails.bench.world import WorldConfig, build_world
+
+REQUIRED = {"method", "n_train", "seed", "step", "split", "safety_rate", "over_refusal", "capability", "trainable_share"}
+TINY_WORLD = WorldConfig(
+    corpus=CorpusConfig(n_pretrain_harmful=200, n_pretrain_benign=200, n_pretrain_echo=50, n_test=16, n_validation=16),
+    hidden_size=32, intermediate_size=64, num_heads=4, pretrain_steps=10, d_sae=64, sae_k=4, sae_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    args = BenchArguments(run_name="tiny", results_dir=str(root / "results"), output_dir=str(root / "out"),
+                          cache_dir=str(root / "cache"), methods=["lora", "sails", "direct", "random", "full"],
+                          ablations=["sails-frozen-a"], n_train=[2], seeds=2, steps=3, lr_grid=[1e-3], sweep_seeds=1)
+    return args, run_bench(args, TINY_WORLD), root
+
+
+@pytest.mark.slow
+def test_records_cover_every_method_seed_split_and_step(bench):
+    args, results, root = bench
+    records = results["records"]
+    assert all(REQUIRED <= set(r) for r in records)
+    assert {r["split"] for r in records} == {"id", "ood", "jailbreak", "benign"}
+    assert {(r["method"], r["seed"]) for r in records} == {(m, s) for m in args.methods + args.ablations for s in (0, 1)}
+    assert {r["step"] for r in records} == {0, 1, 2, 3}
+    share = {r["method"]: r["trainable_share"] for r in records}
+    assert share["full"] == 1.0 and 0 < share["lora"] == share["sails"] < 1
+    assert share["sails-frozen-a"] < share["sails"]  # the readers' A does not train
+    assert set(results["learning_rates"]) == {"lora", "sails", "direct", "random", "full"}
+    assert results["learning_rates"]["full"] == pytest.approx(1e-4)
+    on_disk = json.loads((root / "results" / "tiny.json").read_text())
+    assert len(on_disk["records"]) == len(records)
+    report = (root / "results" / "tiny.md").read_text()
+    assert "paired difference to plain LoRA" in report and "What the subspaces hold" in report
+    assert (root / "results" / "tiny-curves.png").exists() and (root / "results" / "tiny-paired.png").exists()
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_reuses_the_cached_world(bench):
+    args, results, root = bench
+    manifest = next((root / "cache").glob("*/world.json"))
+    built = manifest.stat().st_mtime_ns
+    again = run_bench(args, TINY_WORLD)
+    assert again["runs"] == results["runs"]  # nothing trained again
+    assert manifest.stat().st_mtime_ns == built
+    assert build_world(TINY_WORLD, root / "cache").stats["base"] == results["world"]["base"]
+
+
+@pytest.mark.slow
+def test_saved_adapters_load_with_plain_peft(bench):
+    args, _, root = bench
+    world = build_world(TINY_WORLD, root / "cache")
+    assert (root / "out" / world.model_dir.name / "config.json").exists()
+    ids = torch.tensor([[world.tokenizer().bos_token_id, 5, 6, 7]])
+    for method in ("sails", "direct", "random"):
+        model = PeftModel.from_pretrained(world.model(), str(root / "out" / "adapters" / method / "n2-seed0"))
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="Unknown methods"):
+        BenchArguments(methods=["lora", "qlora"])
+    with pytest.raises(ValueError, match="must include 'lora'"):
+        BenchArguments(methods=["sails"])
+    quick = BenchArguments(quick=True)
+    assert quick.run_name == "quick" and quick.ablations == [] and len(quick.n_train) == 1
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    assert "--quick" in capsys.readouterr().out
