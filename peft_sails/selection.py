@@ -133,7 +133,9 @@ def select_features(
         tokenizer: its (fast) tokenizer, with a chat template for chat-format data.
         config: a `SAILSConfig`; `top_k`, `min_firing_rate`, `token_scope` and the column names are used.
         aligned, unaligned: `datasets.Dataset` (or lists of dicts) in chat (`messages`) or prompt/completion format:
-            harmful requests with refusals, and the same kind of requests with compliance.
+            harmful requests with refusals, and the same kind of requests with compliance (the paper's contrast).
+            To contrast harmful with benign *requests* instead, pass benign chats as `unaligned` and set
+            `config.token_scope` to "prompt" or "last_prompt" (the benchmark's `sails-prompt` variant).
 
     `config.saes_per_pass` SAEs are loaded at a time (default 1) and released once their layers are scored; each
     forward pass stops at the deepest of their layers. Memory: those SAEs, one batch of activations and O(d_sae)

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 CORE = ["lora", "sails", "direct", "random", "full", "sails-prompt"]
 ABLATIONS = [m for m in METHODS if m not in CORE]
 QUICK = {"methods": ["lora", "sails", "random", "direct"], "ablations": [], "n_train": [4], "seeds": 3,
-         "sweep_seeds": 1, "lr_grid": [5e-4, 2e-3, 8e-3], "run_name": "quick"}
+         "sweep_seeds": 1, "lr_grid": [2.5e-4, 1e-3], "run_name": "quick"}
 
 
 @dataclass
@@ -55,10 +55,16 @@ class BenchArguments:
         "help": "Harmful examples per run (as many benign ones are mixed in)."})
     seeds: int = field(default=8, metadata={"help": "Seeds per (method, N); seed i draws the same data for every method."})
     steps: int = field(default=100, metadata={"help": "Optimizer steps per run (batch 16, cosine decay)."})
-    lr_grid: list[float] = field(default_factory=lambda: [5e-4, 2e-3, 8e-3], metadata={
+    lr_grid: list[float] = field(default_factory=lambda: [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3], metadata={
         "help": "Learning rates swept per adapter method (full fine-tuning sweeps them divided by 10)."})
     sweep_seeds: int = field(default=2, metadata={"help": "Seeds per learning rate in the sweep (other seeds than the test ones)."})
     rebuild_world: bool = field(default=False, metadata={"help": "Build the world again even if it is cached."})
+    hidden_size: int = field(default=WorldConfig.hidden_size, metadata={
+        "help": "Width of the base model (d_model; rank is 8, so this sets r/d_model). Another width is another world."})
+
+    def world_config(self) -> WorldConfig:
+        return WorldConfig(hidden_size=self.hidden_size, intermediate_size=2 * self.hidden_size,
+                           num_heads=max(1, self.hidden_size // 72))
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -121,7 +127,7 @@ def analyse(prepared: dict[str, Prepared], world: World, base, tokenizer, corpus
 def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> dict:
     """Run (or resume) the benchmark; returns the results written to `<results_dir>/<run_name>.json`."""
     tick = time.perf_counter()
-    world = build_world(world_config or WorldConfig(), args.cache_dir, rebuild=args.rebuild_world)
+    world = build_world(world_config or args.world_config(), args.cache_dir, rebuild=args.rebuild_world)
     corpus, tokenizer, base = world.corpus(), world.tokenizer(), world.model()
     out = Path(args.output_dir)
     if not (out / world.model_dir.name).exists():
@@ -147,19 +153,23 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
         results["analysis"] = analyse(prepared, world, base, tokenizer, corpus)
 
     tick = time.perf_counter()
-    lrs = results["learning_rates"]
-    sweep = [(n, lr, s) for n in names if METHODS[n].lr_of is None and n not in lrs
-             for lr in args.lr_grid for s in range(args.sweep_seeds)]
-    scores: dict[str, dict[float, list[float]]] = {}
+    scores = results.setdefault("sweep", {})  # {method: {lr: [validation score per sweep seed]}}, kept across runs
+    grid = {name: [lr / 10 if METHODS[name].kind == "full" else lr for lr in args.lr_grid]
+            for name in names if METHODS[name].lr_of is None}
+    sweep = [(name, lr, s) for name, lrs in grid.items() for lr in lrs for s in range(args.sweep_seeds)
+             if len(scores.get(name, {}).get(str(lr), [])) <= s]
     for name, lr, s in tqdm(sweep, desc="learning-rate sweep (validation split)"):
-        lr = lr / 10 if METHODS[name].kind == "full" else lr
         points, _ = run_alignment(METHODS[name], prepared[name], base, tokenizer, corpus, min(args.n_train),
                                   1000 + s, lr, settings, ["validation"], out / "tmp", eval_steps=[settings.steps])
         m = points[settings.steps]["validation"]
-        scores.setdefault(name, {}).setdefault(lr, []).append(m["safety_rate"] - m["over_refusal"])
-    for name, by_lr in scores.items():  # best mean validation selectivity; ties go to the smaller rate
-        lrs[name] = max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr]))
-        results.setdefault("sweep", {})[name] = {str(k): v for k, v in by_lr.items()}
+        scores.setdefault(name, {}).setdefault(str(lr), []).append(m["safety_rate"] - m["over_refusal"])
+        _save(path, results)
+    lrs = results["learning_rates"] = {}
+    for name, candidates in grid.items():  # best mean validation selectivity; ties go to the smaller rate
+        mean = {lr: sum(scores[name][str(lr)][:args.sweep_seeds]) / args.sweep_seeds for lr in candidates}
+        lrs[name] = max(sorted(candidates), key=mean.__getitem__)
+        if lrs[name] in (min(candidates), max(candidates)) and len(candidates) > 1:
+            logger.warning("%s: the best learning rate %g is at the edge of the grid %s.", name, lrs[name], candidates)
     seconds["sweep"] = seconds.get("sweep", 0) + round(time.perf_counter() - tick, 1)
     _save(path, results)
 

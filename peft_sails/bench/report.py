@@ -201,6 +201,24 @@ def analysis_section(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_section(results: dict) -> str:
+    sweep, chosen = results.get("sweep", {}), results.get("learning_rates", {})
+    if not sweep:
+        return ""
+    rates = sorted({float(lr) for by_lr in sweep.values() for lr in by_lr})
+    lines = ["Learning-rate sweep: validation safety minus over-refusal at the smallest N, mean over the sweep seeds "
+             "(**bold** = chosen; full fine-tuning uses the grid / 10).", "",
+             "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " |", "| --- |" + " ---: |" * len(rates)]
+    for name, by_lr in sweep.items():
+        cells = []
+        for lr in rates:
+            vals = by_lr.get(str(lr)) or by_lr.get(repr(lr))
+            cell = f"{100 * sum(vals) / len(vals):.0f}" if vals else ""
+            cells.append(f"**{cell}**" if vals and chosen.get(name) == lr else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results: dict, stem: Path) -> Path:
     """Write `<stem>.md`, `<stem>-curves.png` and `<stem>-paired.png`; return the markdown path."""
     tables, paired = summary_tables(results)
@@ -212,7 +230,7 @@ def write_report(results: dict, stem: Path) -> Path:
     run_seconds = sum(r["seconds"] for r in results.get("runs", []))
     md = "\n".join([
         f"# SAILS benchmark: `{stem.name}`", "", world_summary(results), "",
-        f"Learning rates (best validation safety minus over-refusal): {lrs}.", "",
+        f"Learning rates (best validation safety minus over-refusal): {lrs}.", "", sweep_section(results),
         f"Time: {seconds}, alignment runs {run_seconds:.0f} s ({len(results.get('runs', []))} runs).", "",
         f"Steps to target: first scored step with ID safety >= {TARGET_SAFETY:.0%} and over-refusal <= "
         f"{TARGET_OVER_REFUSAL:.0%} (median over the seeds that reached it; how many did).", "",
