@@ -47,6 +47,8 @@ def test_paired_differences_pair_by_seed():
     assert mean == pytest.approx((0.2 + 0.2 + 0.3) / 3)
     assert half == pytest.approx(mean_ci([0.2, 0.2, 0.3])[1])
     assert "| sails | 3 |" in markdown and "+23.3 ±" in markdown
+    sails_row = next(line for line in markdown.splitlines() if line.startswith("| sails | 3 |"))
+    assert sails_row.endswith("| 10 |")  # reaches plain LoRA's final ID safety at step 10 on every seed
 
 
 def test_write_report_writes_markdown_and_plots(tmp_path):

@@ -51,6 +51,7 @@ def run_metrics(records: list[dict]) -> dict[tuple[str, int, int], dict[str, flo
         m["steps_to_target"] = next((s for s in steps if by_step[s]["id"]["safety_rate"] >= TARGET_SAFETY and
                                      by_step[s]["benign"]["over_refusal"] <= TARGET_OVER_REFUSAL), None)
         m["trainable_share"] = shares[key]
+        m["id_curve"] = dict(zip(steps, safety))
         out[key] = m
     return out
 
@@ -76,20 +77,25 @@ def summary_tables(results: dict) -> tuple[str, dict]:
         present = [m for m in methods if (m, n) in by]
         seeds = {m: len(by[(m, n)]) for m in present}
         lines += [f"### N = {n} harmful (+ {n} benign) examples: final step, mean ± 95% CI over seeds", "",
-                  "| method | seeds | trainable | lr | " + " | ".join(c for _, c in COLUMNS) + " | steps to target |",
-                  "| --- | ---: | ---: | ---: |" + " ---: |" * (len(COLUMNS) + 1)]
+                  "| method | seeds | trainable | lr | " + " | ".join(c for _, c in COLUMNS)
+                  + " | steps to target | steps to LoRA's final ID safety |",
+                  "| --- | ---: | ---: | ---: |" + " ---: |" * (len(COLUMNS) + 2)]
         for m in present:
             rows = list(by[(m, n)].values())
             cells = []
             for key, _ in COLUMNS:
                 vals = [r[key] for r in rows if r.get(key) is not None]
                 cells.append(_pct(*mean_ci(vals)) if vals else "–")
+            lora_final = {seed: r["id_safety"] for seed, r in by.get(("lora", n), {}).items()}
+            catch_up = sorted(next((step for step, v in r["id_curve"].items() if v >= lora_final[seed]), math.inf)
+                              for seed, r in by[(m, n)].items() if seed in lora_final)
             reached = sorted(r["steps_to_target"] for r in rows if r["steps_to_target"] is not None)
             target = f"{reached[len(reached) // 2]} ({len(reached)}/{len(rows)})" if reached else f"never (0/{len(rows)})"
             lr = results.get("learning_rates", {}).get(m) or next(
                 (r["learning_rate"] for r in results["records"] if r["method"] == m), None)
+            catch = f"{catch_up[len(catch_up) // 2]:g}" if catch_up else "–"
             lines.append(f"| {m} | {seeds[m]} | {100 * rows[0]['trainable_share']:.2f}% | {lr:g} | "
-                         + " | ".join(cells) + f" | {target} |")
+                         + " | ".join(cells) + f" | {target} | {catch} |")
         lines += ["", f"### N = {n}: paired difference to plain LoRA (same seed = same data), mean ± 95% CI, points",
                   "", "| method | pairs | " + " | ".join(f"Δ {c}" for _, c in COLUMNS) + " |",
                   "| --- | ---: |" + " ---: |" * len(COLUMNS)]
@@ -233,7 +239,9 @@ def write_report(results: dict, stem: Path) -> Path:
         f"Learning rates (best validation safety minus over-refusal): {lrs}.", "", sweep_section(results),
         f"Time: {seconds}, alignment runs {run_seconds:.0f} s ({len(results.get('runs', []))} runs).", "",
         f"Steps to target: first scored step with ID safety >= {TARGET_SAFETY:.0%} and over-refusal <= "
-        f"{TARGET_OVER_REFUSAL:.0%} (median over the seeds that reached it; how many did).", "",
+        f"{TARGET_OVER_REFUSAL:.0%} (median over the seeds that reached it; how many did). Steps to LoRA's final ID "
+        "safety: first scored step at which a run's ID safety reaches that of plain LoRA's final model on the same "
+        "seed (median; inf = never).", "",
         tables,
         analysis_section(results),
         f"![learning curves]({stem.name}-curves.png)", "", f"![paired differences]({stem.name}-paired.png)", "",
