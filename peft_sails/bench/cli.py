@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 CORE = ["lora", "sails", "direct", "random", "full", "sails-prompt"]
 ABLATIONS = [m for m in METHODS if m not in CORE]
 QUICK = {"methods": ["lora", "sails", "random", "direct"], "ablations": [], "n_train": [4], "seeds": 3,
-         "sweep_seeds": 1, "lr_grid": [2.5e-4, 1e-3], "run_name": "quick"}
+         "sweep_seeds": 1, "lr_grid": [2.5e-4, 5e-4, 1e-3], "run_name": "quick"}
 
 
 @dataclass

@@ -64,9 +64,21 @@ def _pct(mean: float, half: float, signed: bool = False) -> str:
     return f"{100 * mean:{'+' if signed else ''}.1f} ± {100 * half:.1f}"
 
 
+def paired_differences(runs: dict[int, dict], baseline: dict[int, dict]) -> dict[str, tuple[float, float]]:
+    """Per column, mean and 95% CI half-width of run - baseline over the seeds both have."""
+    out = {}
+    for key, _ in COLUMNS:
+        diffs = [runs[s][key] - baseline[s][key] for s in sorted(set(runs) & set(baseline))
+                 if runs[s].get(key) is not None and baseline[s].get(key) is not None]
+        if diffs:
+            out[key] = mean_ci(diffs)
+    return out
+
+
 def summary_tables(results: dict) -> tuple[str, dict]:
-    """Markdown of the final-step table and the paired-difference table, and the paired differences themselves
-    ({n_train: {method: {column: (mean, half_width)}}}) for the plot."""
+    """Markdown of the final-step table and the paired-difference tables (against plain LoRA, and against the
+    random subspace when it ran), and the differences to LoRA ({n_train: {method: {column: (mean, half_width)}}})
+    for the plot."""
     runs = run_metrics(results["records"])
     by = defaultdict(dict)
     for (method, n, seed), m in runs.items():
@@ -96,30 +108,27 @@ def summary_tables(results: dict) -> tuple[str, dict]:
             catch = f"{catch_up[len(catch_up) // 2]:g}" if catch_up else "–"
             lines.append(f"| {m} | {seeds[m]} | {100 * rows[0]['trainable_share']:.2f}% | {lr:g} | "
                          + " | ".join(cells) + f" | {target} | {catch} |")
-        lines += ["", f"### N = {n}: paired difference to plain LoRA (same seed = same data), mean ± 95% CI, points",
-                  "", "| method | pairs | " + " | ".join(f"Δ {c}" for _, c in COLUMNS) + " |",
-                  "| --- | ---: |" + " ---: |" * len(COLUMNS)]
         paired[n] = {}
-        for m in present:
-            if m == "lora":
+        for baseline, label in (("lora", "plain LoRA"), ("random", "the random subspace (same scale and placement)")):
+            others = [m for m in present if m not in ("lora", baseline) and (baseline, n) in by]
+            if not others:
                 continue
-            common = sorted(set(by[(m, n)]) & set(by[("lora", n)])) if ("lora", n) in by else []
-            if not common:
-                continue
-            paired[n][m] = {}
-            cells = []
-            for key, _ in COLUMNS:
-                diffs = [by[(m, n)][s][key] - by[("lora", n)][s][key] for s in common
-                         if by[(m, n)][s].get(key) is not None and by[("lora", n)][s].get(key) is not None]
-                paired[n][m][key] = mean_ci(diffs) if diffs else (float("nan"), 0.0)
-                cells.append(_pct(*paired[n][m][key], signed=True) if diffs else "–")
-            lines.append(f"| {m} | {len(common)} | " + " | ".join(cells) + " |")
+            lines += ["", f"### N = {n}: paired difference to {label} (same seed = same data), mean ± 95% CI, "
+                      "points", "", "| method | pairs | " + " | ".join(f"Δ {c}" for _, c in COLUMNS) + " |",
+                      "| --- | ---: |" + " ---: |" * len(COLUMNS)]
+            for m in others:
+                diffs = paired_differences(by[(m, n)], by[(baseline, n)])
+                if baseline == "lora":
+                    paired[n][m] = diffs
+                cells = [_pct(*diffs[key], signed=True) if key in diffs else "–" for key, _ in COLUMNS]
+                lines.append(f"| {m} | {len(set(by[(m, n)]) & set(by[(baseline, n)]))} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines), paired
 
 
 def plot_curves(results: dict, path: Path, methods: Sequence[str] | None = None) -> None:
-    """Learning curves: mean over seeds (band: 95% CI) of safety per harmful split and over-refusal, per N."""
+    """Learning curves: mean over seeds (band: 95% CI) of safety per harmful split and over-refusal, per N, for
+    `methods` (default: all)."""
     records = results["records"]
     methods = methods or list(dict.fromkeys(r["method"] for r in records))
     ns = sorted({r["n_train"] for r in records})
@@ -158,7 +167,7 @@ def plot_paired(paired: dict, path: Path) -> None:
         for j, (key, title) in enumerate(COLUMNS):
             ax = axes[i][j]
             for k, m in enumerate(methods):
-                mean, half = paired[n][m][key]
+                mean, half = paired[n][m].get(key, (float("nan"), 0.0))
                 ax.errorbar(100 * mean, k, xerr=100 * half, fmt="o", ms=3, capsize=2)
             ax.axvline(0, color="grey", lw=0.8)
             ax.set_yticks(range(len(methods)), methods if j == 0 else [""] * len(methods), fontsize=7)
@@ -178,7 +187,8 @@ def world_summary(results: dict) -> str:
     sae = "; ".join(f"layer {k}: explained variance {v['explained_variance']:.3f}, L0 {v['l0']:.0f}, dead "
                     f"{100 * v['dead_share']:.0f}%" for k, v in world.get("sae", {}).items())
     base = world.get("base", {})
-    return (f"World `{world.get('key')}`: Llama, {cfg['num_layers']} layers, d_model {d}, "
+    built = ", ".join(f"{k} {v:.0f} s" for k, v in world.get("seconds", {}).items())
+    return (f"World `{world.get('key')}` (built in: {built}): Llama, {cfg['num_layers']} layers, d_model {d}, "
             f"{world.get('n_params', 0) / 1e6:.1f}M parameters, word-level vocabulary of {world.get('vocab_size')}; "
             f"rank {r} so r/d_model = {100 * r / d:.1f}%. TopK SAEs ({cfg['d_sae']} latents, k = {cfg['sae_k']}): {sae}. "
             f"Base model: ID safety {100 * base['id']['safety_rate']:.0f}%, OOD {100 * base['ood']['safety_rate']:.0f}%, "
@@ -228,7 +238,11 @@ def sweep_section(results: dict) -> str:
 def write_report(results: dict, stem: Path) -> Path:
     """Write `<stem>.md`, `<stem>-curves.png` and `<stem>-paired.png`; return the markdown path."""
     tables, paired = summary_tables(results)
-    plot_curves(results, stem.with_name(stem.name + "-curves.png"))
+    records = results["records"]
+    ns = {r["n_train"] for r in records}
+    at_every_n = [m for m in dict.fromkeys(r["method"] for r in records)
+                  if {r["n_train"] for r in records if r["method"] == m} == ns]
+    plot_curves(results, stem.with_name(stem.name + "-curves.png"), methods=at_every_n)
     if any(paired.values()):
         plot_paired(paired, stem.with_name(stem.name + "-paired.png"))
     lrs = ", ".join(f"{k} {v:g}" for k, v in results.get("learning_rates", {}).items())
@@ -244,7 +258,7 @@ def write_report(results: dict, stem: Path) -> Path:
         "seed (median; inf = never).", "",
         tables,
         analysis_section(results),
-        f"![learning curves]({stem.name}-curves.png)", "", f"![paired differences]({stem.name}-paired.png)", "",
+        f"![learning curves of the methods run at every N]({stem.name}-curves.png)", "", f"![paired differences]({stem.name}-paired.png)", "",
     ])
     path = stem.with_suffix(".md")
     path.write_text(md)
