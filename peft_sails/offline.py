@@ -17,7 +17,9 @@ from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .data import to_chat
+from .config import SAILSConfig
+from .data import iter_scored_batches, to_chat
+from .residual import ResidualSite, collect_residuals
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|>\n{% endfor %}"
@@ -102,12 +104,26 @@ def build_tokenizer(extra_texts: Optional[list[str]] = None) -> PreTrainedTokeni
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return chat_tokenizer(core)
+
+
+def chat_tokenizer(core: Tokenizer) -> PreTrainedTokenizerFast:
+    """Wrap a word-level `tokenizers` tokenizer (vocabulary starting with `SPECIAL_TOKENS`) as a fast tokenizer
+    with the offline chat template."""
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
         additional_special_tokens=SPECIAL_TOKENS[4:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def token_activations(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, chats: Dataset,
+                      layer: int) -> torch.Tensor:
+    """The residual stream after decoder layer `layer` at every token of `chats` (`messages` column), `[n, d]`:
+    what an SAE for that layer is trained on."""
+    scope = SAILSConfig(sae_release="-", sae_ids={layer: "-"}, token_scope="all")
+    return collect_residuals(model, ResidualSite(layer, "post"), iter_scored_batches(chats, scope, tokenizer, "cpu"))
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict:

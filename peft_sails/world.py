@@ -18,8 +18,6 @@ from huggingface_hub import constants as hub_constants
 from transformers import HfArgumentParser
 from trl import SFTConfig, SFTTrainer
 
-from .config import SAILSConfig
-from .data import iter_scored_batches
 from .offline import (
     build_tokenizer,
     echo_data,
@@ -29,9 +27,9 @@ from .offline import (
     toy_benign,
     toy_pairs,
     toy_safety_data,
+    token_activations,
     train_topk_sae,
 )
-from .residual import ResidualSite, collect_residuals
 from .sae_loading import load_sae
 
 
@@ -87,12 +85,10 @@ def build_offline_world(args: WorldArguments) -> OfflineWorld:
     seconds["base_model"] = round(time.perf_counter() - tick, 1)
 
     tick = time.perf_counter()
-    scope = SAILSConfig(sae_release=args.sae_repo, sae_ids={0: "-"}, token_scope="all")
     corpus = concatenate_datasets([aligned, unaligned, benign])
     sae_ids, quality = {}, {}
     for layer in args.layers:
-        site = ResidualSite(layer, "post")
-        acts = collect_residuals(model, site, iter_scored_batches(corpus, scope, tokenizer, "cpu"))
+        acts = token_activations(model, tokenizer, corpus, layer)
         sae = train_topk_sae(acts, f"blocks.{layer}.hook_resid_post", "tiny-llama", d_sae=args.d_sae, seed=args.seed)
         sae_ids[layer] = f"layer_{layer}"
         save_sae_to_hub_cache(sae, args.sae_repo, sae_ids[layer], hub_constants.HF_HUB_CACHE)

@@ -1,5 +1,6 @@
 """`peft-sails bench` end to end on a tiny world: records, resume, cache, saved adapters, report, arguments."""
 
+import dataclasses
 import json
 
 import pytest
@@ -54,6 +55,14 @@ def test_rerun_resumes_and_reuses_the_cached_world(bench):
     assert again["runs"] == results["runs"]  # nothing trained again
     assert manifest.stat().st_mtime_ns == built
     assert build_world(TINY_WORLD, root / "cache").stats["base"] == results["world"]["base"]
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_is_refused(bench):
+    args, results, root = bench
+    with pytest.raises(ValueError, match="would not be comparable"):
+        run_bench(dataclasses.replace(args, steps=args.steps + 1), TINY_WORLD)
+    assert json.loads((root / "results" / "tiny.json").read_text())["runs"] == results["runs"]  # nothing lost
 
 
 @pytest.mark.slow

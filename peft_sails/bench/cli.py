@@ -1,7 +1,7 @@
 """`peft-sails bench`: SAILS against plain LoRA and controls, on a world built here (no download).
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --quick        # <= 20 min on 2 cores, prints the table
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --run_name full  # the committed report (hours)
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --run_name full  # the committed report (about an hour)
 
 Stages: build (or load from the cache) the world, pick each method's learning rate on the validation split,
 train every (method, N, seed), score the test splits along the way, write records, report and plots. Finished
@@ -83,6 +83,16 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"records": [], "learning_rates": {}, "runs": []}
 
 
+def _check_resumable(results: dict, world_key: str, args: BenchArguments, path: Path) -> None:
+    """Refuse to add runs to a results file made with another world or another number of steps."""
+    old_key, old_steps = results.get("world", {}).get("key"), results.get("settings", {}).get("steps")
+    if (old_key not in (None, world_key)) or (old_steps not in (None, args.steps)):
+        raise ValueError(
+            f"{path} holds runs of world {old_key} with {old_steps} steps, but this command builds world {world_key} "
+            f"with {args.steps} steps; its runs would not be comparable. Use another --run_name (or --results_dir), "
+            "or delete that file to start over.")
+
+
 def _save(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -134,6 +144,7 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
         shutil.copytree(world.model_dir, out / world.model_dir.name)
     path = Path(args.results_dir) / f"{args.run_name}.json"
     results = _load(path)
+    _check_resumable(results, world.config.key(), args, path)
     results.update(world={"key": world.config.key(), "config": asdict(world.config), **world.stats},
                    settings={k: v for k, v in asdict(args).items() if k not in ("output_dir", "cache_dir")})
     seconds = results.setdefault("seconds", {})

@@ -3,7 +3,6 @@ scored at fixed steps (the learning curve)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,6 @@ from trl import SFTConfig, SFTTrainer
 
 from .evaluation import evaluate_splits
 from .methods import Method, Prepared, trainable_model
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,22 +17,19 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import SFTConfig, SFTTrainer
 
-from ..config import SAILSConfig
-from ..data import iter_scored_batches
 from ..offline import (
-    CHAT_TEMPLATE,
     SPECIAL_TOKENS,
+    chat_tokenizer,
     explained_variance,
     hub_cache_snapshot,
     save_sae_to_hub_cache,
+    token_activations,
     train_topk_sae,
 )
-from ..residual import ResidualSite, collect_residuals
 from ..sae_loading import load_sae
 from .corpus import CorpusConfig, build_corpus, corpus_texts
 from .evaluation import evaluate_splits
 
-logger = logging.getLogger(__name__)
 WORLD_VERSION = 1  # bump when the world's code changes what it builds
 
 
@@ -89,11 +85,7 @@ def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.WordLevel(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
-                                        pad_token="<pad>", unk_token="<unk>",
-                                        additional_special_tokens=SPECIAL_TOKENS[4:])
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return chat_tokenizer(core)
 
 
 def sae_quality(sae, activations: torch.Tensor) -> dict[str, float]:
@@ -111,7 +103,7 @@ def _pretrain(model, tokenizer, corpus: DatasetDict, cfg: WorldConfig, out: Path
                      per_device_train_batch_size=cfg.pretrain_batch_size, learning_rate=cfg.pretrain_lr,
                      lr_scheduler_type="cosine", warmup_steps=max(cfg.pretrain_steps // 20, 1),
                      logging_steps=max(cfg.pretrain_steps // 10, 1), bf16=False, report_to=[], save_strategy="no",
-                     seed=cfg.seed, use_cpu=True,)
+                     seed=cfg.seed, use_cpu=True)
     data = corpus["pretrain"].select_columns(["messages"]).shuffle(seed=cfg.seed)
     SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data).train()
 
@@ -151,11 +143,10 @@ def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) 
     seconds["base_eval"] = round(time.perf_counter() - tick, 1)
 
     tick = time.perf_counter()
-    scope = SAILSConfig(sae_release=sae_repo, sae_ids={0: "-"}, token_scope="all")
     texts = corpus["pretrain"].shuffle(seed=cfg.seed).select_columns(["messages"])
     quality = {}
     for layer, sae_id in sae_ids.items():
-        acts = collect_residuals(model, ResidualSite(layer, "post"), iter_scored_batches(texts, scope, tokenizer, "cpu"))
+        acts = token_activations(model, tokenizer, texts, layer)
         sae = train_topk_sae(acts, sae_id, model.config._name_or_path, d_sae=cfg.d_sae, k=cfg.sae_k,
                              epochs=cfg.sae_epochs, seed=cfg.seed)
         save_sae_to_hub_cache(sae, sae_repo, sae_id, hub_constants.HF_HUB_CACHE)
