@@ -17,6 +17,8 @@ from .sidecar import SIDECAR_NAME, atomic_write_text, read_sidecar, write_sideca
 SAILS_PEFT_TYPE = "SAILS"
 TOKEN_SCOPES = ("response", "all", "prompt", "last_prompt")
 WRITER_INITS = ("basis", "lora")
+NORM_MAPPINGS = ("residual", "image", "none")
+_LEGACY_NORM_MAPPING = {True: "image", False: "none"}  # sidecars written before norm_mapping had named rules
 SUBSPACE_FILLS = ("pca", "random")
 DEFAULT_READERS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 DEFAULT_WRITERS = ["o_proj", "down_proj"]
@@ -97,11 +99,14 @@ class SAILSConfig(LoraConfig):
             "'prompt', or 'last_prompt' (the last prompt token, where the model decides how to answer)."
         },
     )
-    norm_mapping: bool = field(
-        default=True,
+    norm_mapping: Literal["residual", "image", "none"] = field(
+        default="residual",
         metadata={
-            "help": "Map the residual-stream basis through the RMSNorm weight in front of each reader module "
-            "(and through the inverse of a post-norm behind a writer, as in Gemma-2)."
+            "help": "How the residual-stream basis U passes the RMSNorm (scale s = w, or 1 + w in Gemma) in front of "
+            "a reader, which sees s * h / rms(h). 'residual' (default): lora_A rows span U / s, so the adapter "
+            "reads exactly the residual-stream directions U. 'image': rows span s * U (the image of U behind the "
+            "norm; reads s^2 * U; the rule of peft-sails 0.1). 'none': rows span U (reads s * U). Writers behind a "
+            "post-norm (Gemma-2) get U / s except with 'none'."
         },
     )
     writer_init: Literal["basis", "lora"] = field(
@@ -192,8 +197,11 @@ class SAILSConfig(LoraConfig):
             raise ValueError(f"`variance_threshold` must be in (0, 1], got {self.variance_threshold!r}.")
         if not 0.0 <= float(self.min_firing_rate) <= 1.0:
             raise ValueError(f"`min_firing_rate` must be in [0, 1], got {self.min_firing_rate!r}.")
+        if isinstance(self.norm_mapping, bool):
+            self.norm_mapping = _LEGACY_NORM_MAPPING[self.norm_mapping]
         for name, value, allowed in (
             ("token_scope", self.token_scope, TOKEN_SCOPES),
+            ("norm_mapping", self.norm_mapping, NORM_MAPPINGS),
             ("writer_init", self.writer_init, WRITER_INITS),
             ("subspace_fill", self.subspace_fill, SUBSPACE_FILLS),
         ):

@@ -66,8 +66,10 @@ def module_role(name: str, config: SAILSConfig) -> Optional[Role]:
     return None
 
 
-def _norm_scale(block: nn.Module, sub_block: str, role: Role, hidden: int) -> Optional[torch.Tensor]:
-    """Elementwise scale of the RMSNorm in front of a reader (or behind a writer, Gemma-2 style); None if none."""
+def norm_scale(block: nn.Module, sub_block: str, role: Role, hidden: int) -> Optional[torch.Tensor]:
+    """Elementwise scale `s` of the RMSNorm in front of a reader (or behind a writer, Gemma-2 style); None if none.
+
+    A reader sees `s * h / rms(h)`; a writer's output `v` reaches the residual stream as `s * v / rms(v)`."""
     sandwich = hasattr(block, "pre_feedforward_layernorm")  # Gemma-2: norms before and after each sub-block
     attention = sub_block in _ATTENTION_BLOCKS
     if role == "reader":
@@ -79,21 +81,35 @@ def _norm_scale(block: nn.Module, sub_block: str, role: Role, hidden: int) -> Op
     norm = getattr(block, name, None)
     if norm is None or "RMSNorm" not in type(norm).__name__:
         raise ValueError(
-            f"norm_mapping=True needs the RMSNorm '{name}' of {type(block).__name__}, found "
-            f"{type(norm).__name__ if norm is not None else 'nothing'}; set norm_mapping=False for this architecture."
+            f"norm_mapping needs the RMSNorm '{name}' of {type(block).__name__}, found "
+            f"{type(norm).__name__ if norm is not None else 'nothing'}; set norm_mapping='none' for this architecture."
         )
     weight = next(norm.parameters())
     probe = torch.ones(1, 1, hidden, dtype=weight.dtype, device=weight.device)
     return norm(probe).float().flatten().cpu()  # = weight (Llama) or 1 + weight (Gemma), up to 1/sqrt(1 + eps)
 
 
-def _mapped_basis(basis: torch.Tensor, scale: Optional[torch.Tensor], role: Role) -> torch.Tensor:
-    if scale is None:
+def _inverse(scale: torch.Tensor) -> torch.Tensor:
+    """1 / scale, with |scale| kept above 1e-3 of its largest entry (sign kept) so a dead channel stays finite."""
+    sign = torch.where(scale < 0, -1.0, 1.0)
+    return 1 / (sign * scale.abs().clamp_min(1e-3 * scale.abs().max()))
+
+
+def _mapped_basis(basis: torch.Tensor, scale: Optional[torch.Tensor], role: Role, rule: str) -> torch.Tensor:
+    """Rows spanning what a module must hold so that, through its norm, it reads (writes) the rows of `basis`."""
+    if scale is None or rule == "none":
         return basis
-    if role == "writer":  # a direction v before the post-norm comes out as scale * v: pre-divide by scale
-        sign = torch.where(scale < 0, -1.0, 1.0)
-        scale = 1 / (sign * scale.abs().clamp_min(1e-3 * scale.abs().max()))
-    return orthonormalize_rows(basis.double() * scale.double()).float()
+    factor = scale if role == "reader" and rule == "image" else _inverse(scale)
+    return orthonormalize_rows(basis.double() * factor.double()).float()
+
+
+def residual_factor(blocks: nn.ModuleList, name: str, role: Role, factor: torch.Tensor) -> torch.Tensor:
+    """A module's learned factor in residual-stream coordinates: the rows of `lora_A · diag(s)` for a reader (the
+    residual directions it reads), the columns of `diag(s) · lora_B` (given as rows) for a writer behind a
+    post-norm; unchanged where no norm stands between the module and the residual stream."""
+    match = LAYER_INDEX.search(name)
+    scale = norm_scale(blocks[int(match.group(1))], match.group(2), role, factor.shape[1]) if match else None
+    return factor if scale is None else factor * scale.to(factor)
 
 
 def base_model_of(model: nn.Module) -> nn.Module:
@@ -131,11 +147,11 @@ def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress:
 
 def module_basis(blocks: nn.ModuleList, name: str, role: Role, basis: torch.Tensor, config: SAILSConfig) -> torch.Tensor:
     """The orthonormal rows SAILS writes into module `name` (before `a_scale`): `basis`, mapped through the
-    RMSNorm in front of a reader (or behind a writer, Gemma-2 style) when `config.norm_mapping` is set."""
+    RMSNorm in front of a reader (or behind a writer, Gemma-2 style) by the rule `config.norm_mapping`."""
     match = LAYER_INDEX.search(name)
-    norm = _norm_scale(blocks[int(match.group(1))], match.group(2), role, basis.shape[1]) if (
-        config.norm_mapping and match) else None
-    return _mapped_basis(basis, norm, role)
+    norm = norm_scale(blocks[int(match.group(1))], match.group(2), role, basis.shape[1]) if (
+        config.norm_mapping != "none" and match) else None
+    return _mapped_basis(basis, norm, role, config.norm_mapping)
 
 
 @torch.no_grad()
@@ -195,8 +211,9 @@ def initialize_sails_weights(
     Call it after `get_peft_model(model, config, low_cpu_mem_usage=True)` (weights left on the meta device are
     created here), or let `get_peft_model` call it. For each adapted module:
 
-    - readers of the residual stream (`config.reader_modules`, e.g. q/k/v/gate/up): `lora_A` = basis rows (mapped
-      through the module's input RMSNorm weight with `norm_mapping`), `lora_B` = 0;
+    - readers of the residual stream (`config.reader_modules`, e.g. q/k/v/gate/up): `lora_A` rows span the basis
+      divided by the scale `s` of the module's input RMSNorm (`norm_mapping="residual"`), so that, as the module
+      sees `s * h / rms(h)`, the adapter reads exactly the basis directions of the residual stream `h`; `lora_B` = 0;
     - writers (`config.writer_modules`, e.g. o/down) with `writer_init="basis"`: `lora_B` columns = basis (mapped
       through the inverse of a post-norm, as in Gemma-2), `lora_A` = 0; with `"lora"`: PEFT's default init;
     - other modules keep PEFT's default init (a warning lists them).

@@ -4,10 +4,12 @@
     peft-sails inspect LORA_ADAPTER --subspace_from SAILS_ADAPTER --prompts harmful=DATA benign=DATA
     peft-sails inspect LORA_ADAPTER --sae RELEASE --sae_ids 5=ID 10=ID --harmful_dataset DATA --prompts ...
 
-Weight view: for every adapted module, the share of ||ΔW||²_F (ΔW = B·A) that lies in the SAILS subspace (its row
-space for modules that read the residual stream, its column space for modules that write to it), next to the share
-a random subspace of the same dimension k captures (k/d in expectation, and one seeded draw), and the principal
-angles between the learned factor and the basis SAILS initialises it with.
+Weight view, in residual-stream coordinates (the ones the SAE describes): for every adapted module, the share of
+||ΔW||²_F (ΔW = B·A, taken through the RMSNorm scale s between the module and the residual stream: ΔW·diag(s) for
+a module that reads the stream, diag(s)·ΔW for one that writes to it through a post-norm) that lies in the SAILS
+subspace (its row space for readers, its column space for writers), next to the share a random subspace of the
+same dimension k captures (k/d in expectation, and one seeded draw), and the principal angles between the learned
+factor and the SAILS basis.
 Feature view: the SAE features whose mean activation on a prompt set the adapter changes most (with vs without
 the adapter), marked when they are among the selected features, with their Neuronpedia page when the SAE has a
 `neuronpedia_id`. Outputs: `report.md`, `report.json` and PNG plots.
@@ -39,7 +41,7 @@ from tqdm.auto import tqdm
 from .card import NEURONPEDIA
 from .config import SAILSConfig
 from .data import iter_scored_batches, to_chat
-from .initialization import LAYER_INDEX, Role, base_model_of, compute_sails_subspace, module_basis, module_role
+from .initialization import LAYER_INDEX, Role, base_model_of, compute_sails_subspace, module_role, residual_factor
 from .residual import decoder_layers
 from .sae_loading import check_sae_fits, load_sae
 from .selection import FeatureStats, accumulate_feature_stats, model_device, select_features
@@ -173,8 +175,10 @@ def subspace_shares(
     model: nn.Module, config: SAILSConfig, basis: torch.Tensor, adapter_name: str = "default", seed: int = 0
 ) -> tuple[list[ModuleShare], dict[str, str]]:
     """The weight view: a `ModuleShare` for every LoRA module of `adapter_name` that reads or writes the residual
-    stream (`config.reader_modules` / `writer_modules`), measured against the rows of `basis` each one gets at
-    SAILS initialisation. Returns the shares and the modules left out, with the reason."""
+    stream (`config.reader_modules` / `writer_modules`), measured in residual-stream coordinates against the
+    rows of `basis` (the SAILS subspace itself, not its image behind a norm), so that the share says which
+    residual directions a module reads or writes, whatever `norm_mapping` wrote. Returns the shares and the
+    modules left out, with the reason."""
     base = base_model_of(model)
     hidden = base.config.hidden_size
     blocks = decoder_layers(base)
@@ -193,8 +197,12 @@ def subspace_shares(
             skipped[name] = f"a {role} whose {'input' if role == 'reader' else 'output'} is not the residual stream"
             continue
         rank = module.r[adapter_name]
-        init = module_basis(blocks, name, role, basis[:rank], config).double()
+        init = basis[:rank].double()
         random_basis = orthonormalize_rows(torch.randn(rank, hidden, generator=generator, dtype=torch.float64))
+        if role == "reader":  # the residual-stream directions read: rows of lora_A · diag(s)
+            lora_a = residual_factor(blocks, name, role, lora_a)
+        else:  # what reaches the residual stream: diag(s) · lora_B behind a post-norm
+            lora_b = residual_factor(blocks, name, role, lora_b.T).T
         factor = lora_a if role == "reader" else lora_b.T  # the factor SAILS initialises with the basis
         match = LAYER_INDEX.search(name)
         shares.append(ModuleShare(

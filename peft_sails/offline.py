@@ -149,10 +149,10 @@ def tiny_gemma2(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, num_l
                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                           sliding_window=64, **_token_ids(tokenizer))
     model = Gemma2ForCausalLM(config)
-    with torch.no_grad():  # Gemma norms start at 0 (scale 1 + w); give them structure so norm mapping matters
+    with torch.no_grad():  # Gemma norms start at 0 (scale 1 + w); spread the scale over 0.2..4, as in real models
         for name_, param in model.named_parameters():
             if "norm" in name_:
-                param.uniform_(-0.5, 0.5)
+                param.uniform_(-0.8, 3.0)
     model.config._name_or_path = name
     return model
 

@@ -1,6 +1,7 @@
 """Stage 3 through `get_peft_model`: step-0 identity, adapters inside the subspace, two-step init, errors."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -37,16 +38,16 @@ def test_step0_outputs_equal_base(llama, tokenizer, data, selected_config):
 
 
 def test_readers_and_writers_lie_in_feature_span(llama, selected_config, planted_saes):
-    with torch.no_grad():  # give the RMSNorms structure, so the mapping through them is visible
+    with torch.no_grad():  # RMSNorm weights far from 1, so the mapping through them is visible
         for layer in llama.model.layers:
-            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.input_layernorm.weight.uniform_(0.2, 4.0)
     rows = _decoder_rows(selected_config, planted_saes)
     scale = llama.model.layers[0].input_layernorm.weight.detach()
     peft_model = get_peft_model(llama, copy.deepcopy(selected_config))
     a, b = _lora(peft_model, "base_model.model.model.layers.0.self_attn.q_proj")
     assert torch.count_nonzero(b) == 0
-    assert in_span(a, rows * scale) and not in_span(a, rows)
-    assert torch.allclose(a.norm(dim=1), torch.full((4,), 1 / math.sqrt(3)), atol=1e-5)
+    # q_proj sees s * h / rms(h): the residual-stream directions its adapter reads are the rows of A * s
+    assert in_span(a * scale, rows) and not in_span(a, rows)
     a, b = _lora(peft_model, "base_model.model.model.layers.3.mlp.down_proj")  # a writer
     assert torch.count_nonzero(a) == 0 and in_span(b.T, rows)
 
@@ -94,23 +95,47 @@ def test_missing_features_says_how_to_fix(llama):
     assert not any(isinstance(m, LoraLayer) for m in llama.modules())  # the model was left untouched
 
 
-def test_gemma2_step0_and_norm_mapping(gemma_world, tokenizer, data):
+def _gemma2_selected(gemma_world, tokenizer, data, **overrides):
     from peft_sails import select_features
     from peft_sails.sae_loading import load_sae
 
     config, model = gemma_world
-    config = select_features(model, tokenizer, config, data[0], data[1], show_progress=False)
+    config = select_features(model, tokenizer, dataclasses.replace(config, **overrides) if overrides else config, data[0],
+                             data[1], show_progress=False)
+    rows = load_sae(config.sae_release, "layer_1").W_dec[[f["id"] for f in config.features[1]]].detach()
+    return config, model, rows
+
+
+def test_gemma2_step0_and_norm_mapping(gemma_world, tokenizer, data):
+    config, model, rows = _gemma2_selected(gemma_world, tokenizer, data)
     base = _logits(model, tokenizer, data)
     peft_model = get_peft_model(model, config)
     assert torch.equal(_logits(peft_model, tokenizer, data), base)
-    sae = load_sae(config.sae_release, "layer_1")
-    rows = sae.W_dec[[f["id"] for f in config.features[1]]].detach()
     layer = model.model.layers[1]
+    scale = 1 + layer.pre_feedforward_layernorm.weight.detach()  # Gemma's RMSNorm multiplies by 1 + w
+    assert scale.min() < 0.5 and scale.max() > 2  # far from 1, or the test could not tell the rules apart
     a, _ = _lora(peft_model, "base_model.model.model.layers.1.mlp.up_proj")
-    assert in_span(a, rows * (1 + layer.pre_feedforward_layernorm.weight.detach()), tol=1e-3)
-    assert not in_span(a, rows, tol=1e-3)
+    assert in_span(a * scale, rows, tol=1e-3) and not in_span(a, rows, tol=1e-3)
+    # The adapter's input depends only on the residual stream's component inside the subspace: a residual
+    # direction v orthogonal to every selected decoder row reaches up_proj as s * v, and lora_A reads nothing of it.
+    span = torch.linalg.svd(rows.double(), full_matrices=False)[2]
+    v = torch.randn(8, rows.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v -= (v @ span.T) @ span
+    assert (a.double() @ (v * scale).T).abs().max() < 1e-4 * a.norm() * v.norm(dim=1).max()
     _, b = _lora(peft_model, "base_model.model.model.layers.1.self_attn.o_proj")
     assert in_span(b.T, rows / (1 + layer.post_attention_layernorm.weight.detach()), tol=1e-3)
+    peft_model.unload()
+
+
+@pytest.mark.parametrize("rule, legacy", [("image", True), ("none", False)])
+def test_other_norm_mapping_rules(gemma_world, tokenizer, data, rule, legacy):
+    config, model, rows = _gemma2_selected(gemma_world, tokenizer, data, norm_mapping=legacy)
+    assert config.norm_mapping == rule  # a boolean from a 0.1 sidecar names the rule it was written with
+    peft_model = get_peft_model(model, config)
+    scale = 1 + model.model.layers[1].pre_feedforward_layernorm.weight.detach()
+    a, _ = _lora(peft_model, "base_model.model.model.layers.1.mlp.up_proj")
+    assert in_span(a, rows * scale if rule == "image" else rows, tol=1e-3)
+    assert not in_span(a * scale, rows, tol=1e-3)  # reads s^2 * U or s * U: not the SAE subspace
     peft_model.unload()
 
 
