@@ -26,6 +26,12 @@ def library_versions() -> dict[str, Optional[str]]:
     return {name: _version(name) for name in _VERSIONED}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder, so a crash leaves no half file."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -34,6 +40,7 @@ def atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; saved files are as public as open() makes them
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

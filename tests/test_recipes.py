@@ -33,6 +33,17 @@ def test_dry_run_matches_paper(recipe, trainable, of_base, of_total, capsys):
     assert "q_proj.lora_A.default.weight: [16," in out
 
 
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "trl_recipes").glob("*.yaml")))
+def test_every_recipe_parses_with_sft_config(recipe):
+    """The full parser (SFTConfig included) accepts each recipe as shipped, and SFT's max_length reaches selection."""
+    script_args, training_args, model_args = sails_sft.make_parser().parse_args_and_config(
+        ["--config", str(ROOT / "trl_recipes" / f"{recipe}.yaml"), "--bf16", "false", "--max_length", "128",
+         "--check_sae_model", "false"])
+    config = sails_sft.sails_config(script_args, model_args, training_args.max_length)
+    assert config.max_length == 128 and config.check_sae_model is False
+    assert config.r == model_args.lora_r and sorted(config.sae_ids) == sorted(script_args.sae_layers)
+
+
 @pytest.mark.slow
 def test_tiny_offline_recipe_end_to_end(tmp_path, monkeypatch):
     world = build_offline_world(WorldArguments(output_dir=str(tmp_path / "world"), sae_repo="local-org/recipe-saes",

@@ -65,6 +65,13 @@ def test_saved_config_is_plain_lora_with_sidecar(trained_adapter, selected_confi
     assert sidecar["library_versions"]["peft"] and sidecar["library_versions"]["sae-lens"]
 
 
+def test_saved_files_are_as_readable_as_peft_makes_them(trained_adapter):
+    _, adapter, _, _ = trained_adapter
+    modes = {name: os.stat(adapter / name).st_mode & 0o777
+             for name in ("adapter_config.json", "adapter_model.safetensors", "sails_config.json", "README.md")}
+    assert len(set(modes.values())) == 1, modes  # peft writes 0644 under the usual umask; mkstemp would give 0600
+
+
 @pytest.mark.slow
 def test_load_without_plugin_gives_identical_logits(trained_adapter, tmp_path):
     base_dir, adapter, _, logits = trained_adapter

@@ -67,13 +67,18 @@ class SailsScriptArguments:
     token_scope: str = field(default="response", metadata={"help": "response | all | prompt | last_prompt."})
     writer_init: str = field(default="basis", metadata={"help": "basis | lora: what o/down projections get."})
     selection_batch_size: int = field(default=8, metadata={"help": "Batch size of the selection passes."})
+    check_sae_model: bool = field(
+        default=True, metadata={"help": "Refuse SAEs whose metadata names another model (see SAILSConfig)."}
+    )
     dry_run: bool = field(default=False, metadata={"help": "Print LoRA shapes and trainable share, then stop."})
     model_config_file: Optional[str] = field(
         default=None, metadata={"help": "config.json of the model for --dry_run (shipped in trl_recipes/configs)."}
     )
 
 
-def sails_config(script_args: SailsScriptArguments, model_args: ModelConfig) -> SAILSConfig:
+def sails_config(script_args: SailsScriptArguments, model_args: ModelConfig,
+                 max_length: Optional[int] = None) -> SAILSConfig:
+    """The SAILS config of a run; selection truncates examples at SFT's `max_length` (SAILSConfig's default if None)."""
     if not script_args.sae_release or not script_args.sae_layers:
         raise ValueError("Set `sae_release` and `sae_layers` (e.g. in the recipe YAML).")
     return SAILSConfig(
@@ -84,6 +89,7 @@ def sails_config(script_args: SailsScriptArguments, model_args: ModelConfig) -> 
         top_k=script_args.top_k, variance_threshold=script_args.variance_threshold,
         min_firing_rate=script_args.min_firing_rate, token_scope=script_args.token_scope,
         writer_init=script_args.writer_init, selection_batch_size=script_args.selection_batch_size,
+        check_sae_model=script_args.check_sae_model, **({"max_length": max_length} if max_length else {}),
     )
 
 
@@ -140,7 +146,7 @@ def main(script_args: SailsScriptArguments, training_args: SFTConfig, model_args
                                                  attn_implementation=model_args.attn_implementation)
     aligned, unaligned, sft_data = load_data(script_args)
     n_select = min(script_args.selection_samples, len(aligned))
-    config = select_features(model, tokenizer, sails_config(script_args, model_args),
+    config = select_features(model, tokenizer, sails_config(script_args, model_args, training_args.max_length),
                              aligned.select(range(n_select)), unaligned.select(range(n_select)))
     trainer = SailsSFTTrainer(model=model, args=training_args, train_dataset=sft_data, processing_class=tokenizer,
                               peft_config=config)
