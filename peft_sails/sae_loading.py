@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import torch
-from huggingface_hub import is_offline_mode
+from huggingface_hub import is_offline_mode, list_repo_files, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 from sae_lens import SAE
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from torch import nn
 
 from .residual import ResidualSite
@@ -28,6 +31,18 @@ def load_sae(release: str, sae_id: str, device: str | torch.device = "cpu") -> S
     try:
         return SAE.from_pretrained(release, sae_id, device=device)
     except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError) as err:
+        listing = _repo_files(release)
+        own = sorted(f.rsplit("/", 1)[0] for f in listing or [] if f.endswith("/cfg.json"))
+        if listing is not None and not own:
+            here = [f.split("/")[-1] for f in listing if f.startswith(f"{sae_id}/")]
+            raise ValueError(
+                f"SAE {sae_id!r} of {release!r}: the repo is {'in the local cache' if is_offline_mode() else 'there'}, "
+                f"but {f'its folder holds {here[:5]} and' if here else f'it has no folder {sae_id!r} and'} no sae-lens "
+                "cfg.json: it is not in sae-lens' own format, which a repo id needs. Give the sae-lens release that "
+                f"reads this repo as `sae_release`: {_releases_of_repo(release) or 'see sae-lens pretrained_saes.yaml'}."
+            ) from err
+        if listing is not None and sae_id not in own:
+            raise FileNotFoundError(f"Repo {release!r} has no SAE {sae_id!r} (a folder with cfg.json); it has {own[:10]}.")
         hint = (
             "HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched: download the SAE once "
             "with a network, or point `sae_release` at a local directory."
@@ -41,9 +56,35 @@ def load_sae(release: str, sae_id: str, device: str | torch.device = "cpu") -> S
         raise ValueError(f"SAE {sae_id!r} of release {release!r}: {err}") from err
 
 
+def _releases_of_repo(repo_id: str) -> list[str]:
+    """The sae-lens releases whose SAEs live in Hub repo `repo_id` (e.g. google/gemma-scope-2b-pt-res)."""
+    return sorted(name for name, lookup in get_pretrained_saes_directory().items() if lookup.repo_id == repo_id)
+
+
+def _repo_files(repo_id: str) -> list[str] | None:
+    """The files of Hub repo `repo_id` (only the local cache's snapshot when offline; nothing is downloaded), or
+    None when it is not a repo that can be listed."""
+    try:
+        if not is_offline_mode():
+            return list_repo_files(repo_id)
+        root = Path(snapshot_download(repo_id, local_files_only=True))
+        return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    except Exception:  # not a repo id, not cached, no network: the caller's own error says so
+        return None
+
+
+_CACHE_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\][0-9a-f]{40}")
+
+
 def _model_names(model: nn.Module) -> list[str]:
+    """The model's name as a Hub id would give it: a folder of a Hub cache snapshot (`models--org--name/
+    snapshots/<commit>`) is named after its repo, not its commit hash."""
     names = [getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)]
-    return [n.rsplit("/", 1)[-1].lower() for n in names if n]
+    out = []
+    for name in filter(None, names):
+        snapshot = _CACHE_SNAPSHOT.search(name)
+        out.append((snapshot.group(2) if snapshot else name.rstrip("/\\").rsplit("/", 1)[-1]).lower())
+    return out
 
 
 def check_sae_fits(sae: SAE, model: nn.Module, layer: int, check_model_name: bool = True) -> ResidualSite:
@@ -64,7 +105,9 @@ def check_sae_fits(sae: SAE, model: nn.Module, layer: int, check_model_name: boo
     names = _model_names(model)
     if check_model_name and sae_model and names and not any(n.startswith(sae_model) for n in names):
         raise ValueError(
-            f"SAE for layer {layer} was trained on '{meta.model_name}', but the model is '{names[0]}'. "
-            "Use the SAE of this model (or of its base model), or set check_sae_model=False if you are sure."
+            f"SAE for layer {layer} was trained on '{meta.model_name}', but the model is '{names[0]}' (from its "
+            "name_or_path). Use the SAE of this model (or of its base model), or, if you are sure it fits (e.g. a "
+            "model loaded from a local folder with another name), set check_sae_model=False (recipes: "
+            "--check_sae_model false)."
         )
     return site

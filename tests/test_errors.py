@@ -6,7 +6,7 @@ from conftest import HUB_CACHE, sails_config
 from datasets import Dataset
 
 from peft_sails import SAILSConfig, select_features
-from peft_sails.offline import make_sae, save_sae_to_hub_cache
+from peft_sails.offline import hub_cache_snapshot, make_sae, save_sae_to_hub_cache
 from peft_sails.registration import check_peft_version
 
 BAD_REPO = "local-org/bad-saes"
@@ -94,3 +94,39 @@ def test_unsupported_peft_version():
     with pytest.raises(ImportError, match="supports peft >= 0.21.0, < 0.22.0.*found peft 0.30.0"):
         check_peft_version("0.30.0")
     check_peft_version("0.21.2")
+
+
+def test_model_from_a_cache_snapshot_is_named_after_its_repo(tokenizer, data, planted_saes, tmp_path):
+    """A model loaded from `models--org--name/snapshots/<commit>` is 'name', not the commit hash."""
+    from transformers import AutoModelForCausalLM
+
+    from peft_sails.offline import tiny_llama
+
+    snapshot = tmp_path / "models--local-org--tiny-llama" / "snapshots" / ("ab12" * 10)
+    tiny_llama(tokenizer).save_pretrained(snapshot)
+    model = AutoModelForCausalLM.from_pretrained(snapshot)
+    config = select_features(model, tokenizer, sails_config(), data[0], data[1], show_progress=False)
+    assert sorted(config.features) == [1, 2]
+    renamed = tmp_path / "my-finetune"
+    tiny_llama(tokenizer).save_pretrained(renamed)
+    with pytest.raises(ValueError, match="but the model is 'my-finetune'.*--check_sae_model false"):
+        select_features(AutoModelForCausalLM.from_pretrained(renamed), tokenizer, sails_config(), data[0], data[1],
+                        show_progress=False)
+
+
+def test_repo_id_of_a_non_sae_lens_format_names_the_release(llama, tokenizer, data):
+    """Gemma Scope's own repo (params.npz, no cfg.json) given as `sae_release`: the cause is the format, and the
+    error names the sae-lens release that reads it (not a hint to download what is already cached)."""
+    folder = hub_cache_snapshot("google/gemma-scope-2b-pt-res", HUB_CACHE) / "layer_1/width_16k/average_l0_71"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.npz").write_bytes(b"")  # listed, never read
+    for sae_id in ("layer_1/width_16k/average_l0_71", "layer_1/width_16k/canonical"):
+        config = sails_config(sae_release="google/gemma-scope-2b-pt-res", sae_ids={1: sae_id})
+        with pytest.raises(ValueError, match=r"not in sae-lens' own format.*'gemma-scope-2b-pt-res-canonical'"):
+            select_features(llama, tokenizer, config, data[0], data[1], show_progress=False)
+
+
+def test_own_format_repo_without_the_id_lists_its_saes(llama, tokenizer, data, planted_saes):
+    config = sails_config(sae_ids={1: "layer_9"})
+    with pytest.raises(FileNotFoundError, match=r"has no SAE 'layer_9'.*\['layer_1', 'layer_2'\]"):
+        select_features(llama, tokenizer, config, data[0], data[1], show_progress=False)
