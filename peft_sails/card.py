@@ -55,6 +55,13 @@ def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
     return results
 
 
+def _fit_cell(fit: Optional[dict[str, float]], threshold: float) -> str:
+    if not fit:
+        return "not measured"
+    flag = " ⚠ below the warning threshold" if not fit["explained_variance"] >= threshold else ""
+    return f"{fit['explained_variance']:.1%} / {fit['l0']:.1f}{flag}"
+
+
 def build_card(
     adapter_dir: str | os.PathLike,
     repo_id: Optional[str] = None,
@@ -86,7 +93,8 @@ def build_card(
         ]})
     layer_rows = [{"layer": layer, "sae_id": config.sae_ids[layer],
                    "n_features": per_layer.get(str(layer), {}).get("n_features", "?"),
-                   "n_directions": per_layer.get(str(layer), {}).get("n_directions_at_threshold", "?")}
+                   "n_directions": per_layer.get(str(layer), {}).get("n_directions_at_threshold", "?"),
+                   "fit": _fit_cell((config.sae_fit or {}).get(layer), config.min_explained_variance)}
                   for layer in config.layers]
     n_adapter, n_base = stats.get("n_adapter_params"), stats.get("n_base_params")
     trainable = (f"{n_adapter:,} = {n_adapter / n_base:.3%} of the {n_base:,} base-model parameters"
@@ -108,6 +116,7 @@ def build_card(
         sae_release=config.sae_release, sae_summary=f"{len(config.layers)} layer(s): {config.layers}",
         subspace_summary=subspace, top_k=config.top_k, token_scope=config.token_scope,
         min_firing_rate=config.min_firing_rate, variance_pct=f"{config.variance_threshold:.0%}",
+        fit_threshold=f"{config.min_explained_variance:.0%}",
         layer_rows=layer_rows, feature_tables=feature_tables,
         training={k: ", ".join(v) if isinstance(v, list) else v for k, v in training.items()},
         eval_rows=eval_rows,

@@ -81,6 +81,20 @@ class SAILSConfig(LoraConfig):
             "help": "Written by `select_features`: layer -> [{'id', 'delta', 'rho'}, ...] sorted by rho, descending."
         },
     )
+    sae_fit: Optional[dict[int, dict[str, float]]] = field(
+        default=None,
+        metadata={
+            "help": "Written by `select_features`: layer -> {'explained_variance', 'l0', 'n_tokens'} of the SAE on "
+            "this model's activations at the scored tokens of the selection data (both sides)."
+        },
+    )
+    min_explained_variance: float = field(
+        default=0.5,
+        metadata={
+            "help": "Selection warns when an SAE explains less than this share of the variance of the model's own "
+            "activations: a sign that it was trained on another model, layer or hook."
+        },
+    )
     top_k: int = field(default=64, metadata={"help": "Features kept per layer (stage 1)."})
     variance_threshold: float = field(
         default=0.8, metadata={"help": "Share of the stacked decoder rows' variance the basis keeps, in (0, 1]."}
@@ -187,6 +201,7 @@ class SAILSConfig(LoraConfig):
         if not self.sae_ids:
             raise ValueError("`sae_ids` must map at least one layer to an SAE id, e.g. {5: 'layer_5/width_16k/canonical'}.")
         self.features = _int_keys(self.features, "features")
+        self.sae_fit = _int_keys(self.sae_fit, "sae_fit")
         if self.features is not None:
             extra = sorted(set(self.features) - set(self.sae_ids))
             if extra:

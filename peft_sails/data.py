@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ from .config import SAILSConfig
 class ScoredBatch:
     input_ids: torch.Tensor  # [batch, seq]
     attention_mask: torch.Tensor  # [batch, seq]
-    score_mask: torch.Tensor  # [batch, seq] bool: tokens whose activations are averaged
+    score_mask: torch.Tensor  # [batch, seq] bool: tokens whose activations are averaged (never padding, special or
+    # chat-template tokens, except the "last_prompt" token, which is the template's generation prompt)
 
 
 def to_chat(dataset: Dataset, prompt_column: str, response_column: str, messages_column: str = "messages") -> Dataset:
@@ -66,43 +68,67 @@ def check_selection_data(dataset: Any, config: SAILSConfig, tokenizer: Any, name
         raise ValueError("Selection needs a fast tokenizer (offset mapping) to find the response tokens.")
 
 
-def split_prompt_response(row: dict[str, Any], config: SAILSConfig, tokenizer: Any) -> tuple[str, str, bool]:
-    """Return (prompt_text, full_text, text_has_special_tokens) for one row."""
+def split_prompt_response(row: dict[str, Any], config: SAILSConfig, tokenizer: Any) -> tuple[str, str, bool, list[str]]:
+    """Return (prompt_text, full_text, text_has_special_tokens, message_contents) for one row."""
     if config.messages_column in row:
         messages = row[config.messages_column]
         if not messages or messages[-1].get("role") != "assistant":
             raise ValueError(f"A chat example must end with an assistant message, got roles {[m.get('role') for m in messages]}.")
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt, full, True
+        return prompt, full, True, [m["content"] for m in messages]
     prompt, completion = row[config.prompt_column], row[config.completion_column]
     if _is_chat(prompt):
-        full = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+        messages = list(prompt) + list(completion)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
         prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return prompt, full, True
-    return prompt, prompt + completion, False
+        return prompt, full, True, [m["content"] for m in messages]
+    return prompt, prompt + completion, False, [prompt, completion]
 
 
-def _score_mask(offsets: Sequence[tuple[int, int]], prompt_chars: int, scope: str) -> list[bool]:
+def content_spans(full: str, contents: Sequence[str]) -> list[tuple[int, int]] | None:
+    """Character spans of the message contents inside the rendered text, in order (templates may trim them);
+    None when the template rewrote a content so that it cannot be found."""
+    spans, cursor = [], 0
+    for content in contents:
+        text = content.strip()
+        start = full.find(text, cursor) if text else cursor
+        if start < 0:
+            return None
+        spans.append((start, start + len(text)))
+        cursor = start + len(text)
+    return spans
+
+
+def _score_mask(offsets: Sequence[tuple[int, int]], special: Sequence[bool], prompt_chars: int,
+                spans: Sequence[tuple[int, int]] | None, scope: str) -> list[bool]:
+    """Tokens to score: those of the message contents in `scope` (never special tokens such as BOS, nor the
+    chat template's own tokens); for "last_prompt", the last prompt token, whatever it is: the end of the
+    template's generation prompt, where the model decides how to answer."""
     in_prompt = [start < prompt_chars for start, _ in offsets]
-    if scope == "all":
-        return [True] * len(offsets)
-    if scope == "prompt":
-        return in_prompt
-    if scope == "response":
-        return [not p for p in in_prompt]
-    last = max((i for i, p in enumerate(in_prompt) if p), default=None)  # last_prompt
-    return [i == last for i in range(len(offsets))]
+    if scope == "last_prompt":
+        last = max((i for i, p in enumerate(in_prompt) if p), default=None)
+        return [i == last for i in range(len(offsets))]
+    in_content = [not sp and end > start and (spans is None or any(start < b and end > a for a, b in spans))
+                  for (start, end), sp in zip(offsets, special)]
+    wanted = {"all": [True] * len(offsets), "prompt": in_prompt, "response": [not p for p in in_prompt]}[scope]
+    return [w and c for w, c in zip(wanted, in_content)]
 
 
 def _encode(row: dict[str, Any], config: SAILSConfig, tokenizer: Any) -> tuple[list[int], list[bool]]:
-    prompt, full, templated = split_prompt_response(row, config, tokenizer)
+    prompt, full, templated, contents = split_prompt_response(row, config, tokenizer)
     if not full.startswith(prompt):
         raise ValueError("The chat template renders the prompt differently inside the full conversation; "
                          f"cannot locate the response in: {full[:200]!r}")
+    spans = content_spans(full, contents)
+    if spans is None:
+        warnings.warn("The chat template changes the text of some messages, so their template tokens cannot be told "
+                      "from content: all non-special tokens of the scope are scored in those examples.", stacklevel=2)
     enc = tokenizer(full, add_special_tokens=not templated, return_offsets_mapping=True,
                     truncation=True, max_length=config.max_length)
-    return enc["input_ids"], _score_mask(enc["offset_mapping"], len(prompt), config.token_scope)
+    special_ids = set(tokenizer.all_special_ids)
+    special = [i in special_ids for i in enc["input_ids"]]
+    return enc["input_ids"], _score_mask(enc["offset_mapping"], special, len(prompt), spans, config.token_scope)
 
 
 def iter_scored_batches(

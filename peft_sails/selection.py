@@ -32,18 +32,27 @@ class FeatureStats:
     abs_sum: torch.Tensor
     fire_count: torch.Tensor
     n_tokens: int = 0
+    input_sum: Optional[torch.Tensor] = None  # [d_in]: with the two sums below, how well the SAE reconstructs
+    input_sq_sum: float = 0.0
+    error_sq_sum: float = 0.0
 
     @classmethod
     def zeros(cls, d_sae: int, device: torch.device | str = "cpu") -> "FeatureStats":
         z = lambda: torch.zeros(d_sae, dtype=torch.float64, device=device)  # noqa: E731
         return cls(z(), z(), z())
 
-    def update(self, acts: torch.Tensor) -> None:
-        """Add a [tokens, d_sae] block of activations."""
+    def update(self, acts: torch.Tensor, inputs: Optional[torch.Tensor] = None,
+               reconstruction: Optional[torch.Tensor] = None) -> None:
+        """Add a [tokens, d_sae] block of activations (and the [tokens, d_in] inputs with their reconstruction)."""
         self.act_sum += acts.sum(0, dtype=torch.float64)
         self.abs_sum += acts.abs().sum(0, dtype=torch.float64)
         self.fire_count += (acts != 0).sum(0, dtype=torch.float64)
         self.n_tokens += acts.shape[0]
+        if inputs is not None:
+            total = inputs.sum(0, dtype=torch.float64)
+            self.input_sum = total if self.input_sum is None else self.input_sum + total
+            self.input_sq_sum += float(inputs.double().square().sum())
+            self.error_sq_sum += float((inputs - reconstruction).double().square().sum())
 
     @property
     def mean(self) -> torch.Tensor:
@@ -56,6 +65,18 @@ class FeatureStats:
     @property
     def firing_rate(self) -> torch.Tensor:
         return self.fire_count / max(self.n_tokens, 1)
+
+
+def sae_fit(sides: Sequence[FeatureStats]) -> dict[str, float]:
+    """How well an SAE describes the scored activations of `sides` together: explained variance
+    1 - Σ||x - x̂||² / Σ||x - mean(x)||² (1 = perfect; 0 = no better than the mean), mean L0 (features firing per
+    token) and the number of tokens."""
+    n = sum(side.n_tokens for side in sides)
+    total = sum(side.input_sum for side in sides)
+    variance = sum(side.input_sq_sum for side in sides) - float(total.square().sum()) / n
+    error = sum(side.error_sq_sum for side in sides)
+    return {"explained_variance": 1 - error / variance if variance > 0 else float("nan"),
+            "l0": float(sum(side.fire_count.sum() for side in sides)) / n, "n_tokens": n}
 
 
 def rank_features(
@@ -109,7 +130,8 @@ def accumulate_feature_stats(
                 f"Non-finite residual activations at layer {saes[i][1].layer} ({desc}); the model's weights or "
                 "dtype overflow (try float32 or bfloat16 instead of float16)."
             )
-        stats[i].update(saes[i][0].encode(x))
+        acts = saes[i][0].encode(x)
+        stats[i].update(acts, x, saes[i][0].decode(acts))
 
     run_to_sites(model, [site for _, site in saes], batches, consume, desc=desc, show_progress=show_progress)
     for (_, site), side in zip(saes, stats):
@@ -147,6 +169,7 @@ def select_features(
     was_training = model.training
     model.eval()
     features: dict[int, list[dict[str, float]]] = {}
+    fits: dict[int, dict[str, float]] = {}
     layers = config.layers
     progress = tqdm(total=len(layers), desc="SAILS feature selection", disable=not show_progress)
     try:
@@ -167,14 +190,27 @@ def select_features(
             )
             for layer, a, u in zip(chunk, aligned_stats, unaligned_stats):
                 features[layer] = rank_features(a, u, top_k=config.top_k, min_firing_rate=config.min_firing_rate)
+                fits[layer] = sae_fit([a, u])
+                _warn_poor_fit(layer, fits[layer], config)
             del saes, aligned_stats, unaligned_stats
             progress.update(len(chunk))
     finally:
         progress.close()
         model.train(was_training)
     selected = copy.deepcopy(config)
-    selected.features = features
+    selected.features, selected.sae_fit = features, fits
     return selected
+
+
+def _warn_poor_fit(layer: int, fit: dict[str, float], config: SAILSConfig) -> None:
+    if not fit["explained_variance"] >= config.min_explained_variance:
+        logger.warning(
+            "The SAE at layer %d (%s) explains only %.1f%% of the variance of this model's activations on the "
+            "selection data (L0 %.1f, %d tokens; warning below min_explained_variance=%.0f%%): it may not fit this "
+            "model (an SAE of another model, layer or hook?), and its features may not mean what their labels say.",
+            layer, config.sae_ids[layer], 100 * fit["explained_variance"], fit["l0"], fit["n_tokens"],
+            100 * config.min_explained_variance,
+        )
 
 
 def select_features_from_config(model: nn.Module, config: SAILSConfig, tokenizer: Optional[Any] = None) -> None:
@@ -192,4 +228,4 @@ def select_features_from_config(model: nn.Module, config: SAILSConfig, tokenizer
             raise ValueError("Set `tokenizer_name_or_path` in SAILSConfig: the model does not say where it came from.")
         tokenizer = AutoTokenizer.from_pretrained(name)
     result = select_features(model, tokenizer, config, _load(config.aligned_dataset), _load(config.unaligned_dataset))
-    config.features = result.features
+    config.features, config.sae_fit = result.features, result.sae_fit

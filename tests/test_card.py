@@ -37,6 +37,10 @@ def test_saved_adapter_has_the_sails_card(tmp_path, llama, tokenizer, data, plan
     assert f"[{top['id']}](https://www.neuronpedia.org/tiny-llama/2-res-256/{top['id']})" in card.text
     assert f"{top['delta']:+.4g}" in card.text and "`local-org/np-saes`" in card.text
     assert "AutoPeftModelForCausalLM.from_pretrained" in card.text and "arXiv:2512.23260" in card.text
+    fit = config.sae_fit[2]  # the planted SAEs do not reconstruct: the card shows it and flags it
+    assert f"| {fit['explained_variance']:.1%} / {fit['l0']:.1f} ⚠ below the warning threshold |" in card.text
+    sidecar = json.loads((adapter / "sails_config.json").read_text())
+    assert sidecar["sae_fit"]["2"] == fit
 
 
 def test_eval_results_become_model_index(tmp_path, llama, tokenizer, data, planted_saes):

@@ -98,3 +98,53 @@ def test_all_saes_in_one_pass_selects_the_same(llama, tokenizer, data, selected_
     one_pass = select_features(llama, tokenizer, sails_config(saes_per_pass=2), data[0], data[1],
                                show_progress=False)
     assert one_pass.features == selected_config.features
+
+
+@pytest.mark.parametrize("scope, roles", [("response", ["assistant"]), ("prompt", ["user"]),
+                                          ("all", ["user", "assistant"])])
+def test_scored_tokens_are_message_content_only(tokenizer, data, scope, roles):
+    """No BOS, padding or chat-template token is scored: the scored tokens are exactly the words of the messages
+    in scope (the word-level tokenizer makes one token per word), in batches with padding."""
+    from peft_sails.data import iter_scored_batches
+
+    rows = list(data[0].select(range(6)))
+    batches = list(iter_scored_batches(rows, sails_config(token_scope=scope, selection_batch_size=3), tokenizer, "cpu"))
+    assert any((b.attention_mask == 0).any() for b in batches)  # padding is present
+    scored = [tokenizer.convert_ids_to_tokens(ids[mask].tolist()) for b in batches
+              for ids, mask in zip(b.input_ids, b.score_mask)]
+    expected = [[w for m in row["messages"] if m["role"] in roles for w in m["content"].split()] for row in rows]
+    assert scored == expected
+
+
+def test_last_prompt_scores_the_generation_prompt(tokenizer, data):
+    from peft_sails.data import iter_scored_batches
+
+    batch = next(iter_scored_batches(list(data[0].select(range(2))), sails_config(token_scope="last_prompt"),
+                                     tokenizer, "cpu"))
+    assert batch.score_mask.sum(1).tolist() == [1, 1]
+    assert tokenizer.convert_ids_to_tokens(batch.input_ids[batch.score_mask].tolist()) == ["<|assistant|>"] * 2
+
+
+def test_sae_fit_is_measured_and_a_poor_fit_warns(llama, tokenizer, data, selected_config, caplog):
+    """The planted SAEs are not trained to reconstruct: selection records their poor fit and warns. An SAE that
+    reconstructs exactly (decoder [I; -I], ReLU) has explained variance 1 and no warning."""
+    from peft_sails.offline import make_sae, save_sae_to_hub_cache
+    from conftest import HUB_CACHE
+
+    assert sorted(selected_config.sae_fit) == list(LAYERS)
+    for fit in selected_config.sae_fit.values():
+        assert fit["explained_variance"] < 0.5 and fit["l0"] > 0 and fit["n_tokens"] > 100
+    with caplog.at_level("WARNING", logger="peft_sails.selection"):
+        select_features(llama, tokenizer, sails_config(sae_ids={1: "layer_1"}), data[0], data[1], show_progress=False)
+    assert "explains only" in caplog.text and "min_explained_variance=50%" in caplog.text
+    d = llama.config.hidden_size
+    eye = torch.eye(d)
+    save_sae_to_hub_cache(make_sae(torch.cat([eye, -eye]), "blocks.1.hook_resid_post", "tiny-llama",
+                                   w_enc=torch.cat([eye, -eye]).T), "local-org/exact-saes", "layer_1", HUB_CACHE)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="peft_sails.selection"):
+        exact = select_features(llama, tokenizer, sails_config(sae_release="local-org/exact-saes",
+                                                                sae_ids={1: "layer_1"}), data[0], data[1],
+                                show_progress=False)
+    assert exact.sae_fit[1]["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+    assert "explains only" not in caplog.text
