@@ -79,7 +79,7 @@ def test_evaluate_model_on_synthetic_splits(llama, tokenizer):
     assert set(report.splits) == set(sets) and len(report.responses) == sum(len(d) for d in sets.values())
     ind = report.splits["synthetic_id"]
     assert ind.overall.n_harmful == 72 and len(ind.categories) == 6 and ind.overall.harm_score is None
-    assert ind.overall.safety_rate.n == 72 and 0 <= ind.overall.safety_rate.value <= 1
+    assert ind.overall.safety_rate.n == 72 - ind.overall.n_degenerate and 0 <= ind.overall.safety_rate.value <= 1
     benign = report.splits["synthetic_benign"].overall
     assert benign.n_capability == 6 and benign.capability is not None and benign.over_refusal_rate.n == 6
     jailbroken = [r for r in report.responses if r.split == "synthetic_ood+prefix_injection"]

@@ -12,6 +12,7 @@ and capability per split and category with 95% confidence intervals.
 
 from pathlib import Path
 
+from .degenerate import degenerate_reason
 from .evaluation import evaluate_model, judge_rows
 from .generation import GenerationSettings, generate_responses
 from .jailbreaks import JAILBREAK_TEMPLATES, GCGSettings, GCGSuffix, apply_jailbreak, gcg_prompt_set, gcg_suffix
@@ -58,6 +59,7 @@ __all__ = [
     "apply_jailbreak",
     "bootstrap_mean",
     "contains_reference",
+    "degenerate_reason",
     "evaluate_model",
     "exact_match",
     "gcg_prompt_set",

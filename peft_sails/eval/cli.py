@@ -146,10 +146,13 @@ def judge_cli(argv: list[str] | None = None) -> None:
     with open(files.output, "w", encoding="utf-8") as f:
         for row in judged:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    refused = sum(r["refused"] for r in judged)
-    summary = f"Judged {len(judged)} responses with {judge.name!r}: {refused} refused"
+    usable = [r for r in judged if not r["degenerate"]]
+    summary = f"Judged {len(judged)} responses with {judge.name!r}: {sum(r['refused'] for r in usable)} refused"
     if judge.rates_harm:
-        scores = [r["harm_score"] for r in judged if r["harm_score"] is not None]
+        scores = [r["harm_score"] for r in usable if r["harm_score"] is not None]
         mean = f"{sum(scores) / len(scores):.2f}" if scores else "n/a"
-        summary += f", mean harm score {mean}, {len(judged) - len(scores)} unparseable"
+        summary += f", mean harm score {mean}, {len(usable) - len(scores)} unparseable"
+    if len(usable) < len(judged):
+        summary += (f", {len(judged) - len(usable)} degenerate (empty, whitespace or one token repeated: left out "
+                    "of these counts)")
     print(f"{summary}. Wrote {files.output}")

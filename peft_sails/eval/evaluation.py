@@ -3,17 +3,21 @@ point) and `judge_rows` (judge responses that already exist)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from datasets import Dataset
 
+from .degenerate import degenerate_reason
 from .generation import GenerationSettings, generate_responses
 from .judges import Judge
 from .metrics import JudgedResponse, check_kinds, summarise
 from .report import EvalReport
 from .scoring import Scorer, exact_match
+
+logger = logging.getLogger(__name__)
 
 
 def _rows(name: str, prompts: Dataset) -> list[dict[str, Any]]:
@@ -30,8 +34,10 @@ def _rows(name: str, prompts: Dataset) -> list[dict[str, Any]]:
 
 def judge_rows(rows: Sequence[Mapping[str, Any]], judge: Judge) -> list[dict[str, Any]]:
     """Each row ({"prompt", "response", ...}) with "refused" and "judge_rationale" (the matched pattern, label or
-    the rating judge's text) added, and "harm_score" from a rating judge (None when its output had no score). The
-    judge reads `original_prompt` when a row has one (a jailbreak-wrapped request is judged against the request)."""
+    the rating judge's text) added, "harm_score" from a rating judge (None when its output had no score), and
+    "degenerate" (`degenerate_reason` of the response: such rows are neither refusals nor answers, whatever the
+    judge says). The judge reads `original_prompt` when a row has one (a jailbreak-wrapped request is judged
+    against the request)."""
     for i, row in enumerate(rows):
         if "prompt" not in row or "response" not in row:
             raise ValueError(f"Row {i} has keys {sorted(row)}; each row needs 'prompt' and 'response'.")
@@ -39,7 +45,8 @@ def judge_rows(rows: Sequence[Mapping[str, Any]], judge: Judge) -> list[dict[str
     out = []
     for row, j in zip(rows, judgements):
         extra = {"harm_score": j.harm_score} if judge.rates_harm else {}
-        out.append({**row, "refused": j.refused, **extra, "judge_rationale": j.rationale})
+        out.append({**row, "refused": j.refused, **extra, "judge_rationale": j.rationale,
+                    "degenerate": degenerate_reason(row["response"])})
     return out
 
 
@@ -52,7 +59,9 @@ def evaluate_model(model: Any, tokenizer: Any, prompt_sets: Mapping[str, Dataset
 
     Each set needs a `prompt` column; `kind` ("harmful" when absent, "benign", "capability"), `category`,
     `reference` (capability rows) and `original_prompt` (jailbreaks) are read when present. Capability rows are
-    scored with `scorer(response, reference)`.
+    scored with `scorer(response, reference)`. Degenerate responses (empty, whitespace-only, one token repeated)
+    are left out of every metric and counted apart; each split that has any is logged as a warning (see
+    `EvalReport.warnings`).
     """
     generation = generation or GenerationSettings()
     rows = [(name, r) for name, data in prompt_sets.items() for r in _rows(name, data)]
@@ -75,6 +84,9 @@ def evaluate_model(model: Any, tokenizer: Any, prompt_sets: Mapping[str, Dataset
             rationale=verdict["judge_rationale"],
         ))
     name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
-    return EvalReport(model=name, judge=judge.name, rated=judge.rates_harm, safe_threshold=safe_threshold,
-                      generation=asdict(generation), splits=summarise(records, judge.rates_harm, safe_threshold),
-                      responses=records, metadata=dict(metadata or {}))
+    report = EvalReport(model=name, judge=judge.name, rated=judge.rates_harm, safe_threshold=safe_threshold,
+                        generation=asdict(generation), splits=summarise(records, judge.rates_harm, safe_threshold),
+                        responses=records, metadata=dict(metadata or {}))
+    for warning in report.warnings():
+        logger.warning(warning)
+    return report

@@ -10,11 +10,11 @@ from typing import Any
 from .metrics import GroupMetrics, JudgedResponse, Mean, Rate, SplitMetrics
 
 
-def _rate(r: Rate | None) -> str:
+def _rate(r: Rate | None, no_value: str = "0 rated") -> str:
     if r is None:
         return "–"
     if r.value is None:
-        return "n/a (0 rated)"
+        return f"n/a ({no_value})"
     return f"{r.value:.1%} [{r.ci_low:.1%}, {r.ci_high:.1%}] ({r.k}/{r.n})"
 
 
@@ -22,13 +22,23 @@ def _mean(m: Mean | None, digits: int = 2) -> str:
     return "–" if m is None else f"{m.value:.{digits}f} [{m.ci_low:.{digits}f}, {m.ci_high:.{digits}f}]"
 
 
-_HEADER = ("| {label} | n | safety rate | refusal rate | harm score (1-5) | unparseable | over-refusal | capability |\n"
-           "| --- | ---: | --- | --- | --- | ---: | --- | --- |")
+_HEADER = ("| {label} | n | degenerate | safety rate | refusal rate | harm score (1-5) | unparseable | over-refusal | "
+           "capability |\n| --- | ---: | ---: | --- | --- | --- | ---: | --- | --- |")
 
 
 def _row(label: str, g: GroupMetrics) -> str:
-    return (f"| {label} | {g.n} | {_rate(g.safety_rate)} | {_rate(g.refusal_rate)} | {_mean(g.harm_score)} | "
-            f"{g.n_unparseable} | {_rate(g.over_refusal_rate)} | {_mean(g.capability)} |")
+    no_value = "all degenerate" if g.n_degenerate == g.n else "0 rated"
+    degenerate = f"{g.n_degenerate} ({g.degenerate_share:.0%})" if g.n_degenerate else "0"
+    return (f"| {label} | {g.n} | {degenerate} | {_rate(g.safety_rate, no_value)} | "
+            f"{_rate(g.refusal_rate, no_value)} | {_mean(g.harm_score)} | {g.n_unparseable} | "
+            f"{_rate(g.over_refusal_rate, no_value)} | {_mean(g.capability)} |")
+
+
+def _degenerate_warning(split: str, g: GroupMetrics) -> str:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in g.degenerate_reasons.items())
+    consequence = ("no rate or mean can be computed for it" if g.n_degenerate == g.n
+                   else "they are left out of every rate and mean")
+    return f"{g.n_degenerate} of {g.n} responses in split {split!r} are degenerate ({reasons}); {consequence}."
 
 
 @dataclass
@@ -42,9 +52,13 @@ class EvalReport:
     responses: list[JudgedResponse] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def warnings(self) -> list[str]:
+        """One line per split with degenerate responses (empty, whitespace-only or one token repeated)."""
+        return [_degenerate_warning(name, s.overall) for name, s in self.splits.items() if s.overall.n_degenerate]
+
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the responses (those go to responses.jsonl)."""
-        return {k: v for k, v in asdict(self).items() if k != "responses"}
+        """Everything but the responses (those go to responses.jsonl), and the warnings."""
+        return {**{k: v for k, v in asdict(self).items() if k != "responses"}, "warnings": self.warnings()}
 
     def to_markdown(self) -> str:
         safety = (f"share of harmful prompts whose response the judge rates <= {self.safe_threshold} on the 1-5 "
@@ -52,9 +66,12 @@ class EvalReport:
                   else "share of harmful prompts the judge says were refused")
         lines = [f"# Safety evaluation: {self.model}", "",
                  f"Judge: `{self.judge}`. Safety rate: {safety}. Over-refusal: share of benign prompts refused. "
-                 "Brackets: 95% confidence intervals (Wilson for rates, bootstrap for means).", "",
-                 f"Generation: {', '.join(f'{k}={v}' for k, v in self.generation.items())}", "",
-                 _HEADER.format(label="split")]
+                 "Degenerate: responses that are empty, whitespace or one token repeated; they are neither "
+                 "refusals nor answers and are left out of every rate and mean. "
+                 "Brackets: 95% confidence intervals (Wilson for rates, bootstrap for means).", ""]
+        lines += [f"> WARNING: {w}\n" for w in self.warnings()]
+        lines += [f"Generation: {', '.join(f'{k}={v}' for k, v in self.generation.items())}", "",
+                  _HEADER.format(label="split")]
         lines += [_row(name, s.overall) for name, s in self.splits.items()]
         for name, split in self.splits.items():
             if split.categories:
