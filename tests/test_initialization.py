@@ -48,6 +48,7 @@ def test_readers_and_writers_lie_in_feature_span(llama, selected_config, planted
     assert torch.count_nonzero(b) == 0
     # q_proj sees s * h / rms(h): the residual-stream directions its adapter reads are the rows of A * s
     assert in_span(a * scale, rows) and not in_span(a, rows)
+    assert torch.allclose(a.norm(dim=1), torch.full((4,), 1 / math.sqrt(3)), atol=1e-5)
     a, b = _lora(peft_model, "base_model.model.model.layers.3.mlp.down_proj")  # a writer
     assert torch.count_nonzero(a) == 0 and in_span(b.T, rows)
 
