@@ -136,7 +136,7 @@ def _run_recipe(recipe, spec, tmp_path):
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["splits"]
 
     # Reader rule, measured in the residual stream on this replica's norms (scales 0.2..4) and selected features
-    model = AutoModelForCausalLM.from_pretrained(world["model_snapshot"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model_name_or_path"], dtype=torch.float32)
     config = SAILSConfig.from_pretrained(str(out))
     subspace, _ = compute_sails_subspace(model, config, show_progress=False)
     shares = read_shares(model, config, subspace)
