@@ -19,7 +19,7 @@ from .registration import register
 from .selection import rank_features, select_features
 from .subspace import build_subspace
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "SAILSConfig",
     "SailsModel",

@@ -85,7 +85,8 @@ class SAILSConfig(LoraConfig):
         default=None,
         metadata={
             "help": "Written by `select_features`: layer -> {'explained_variance', 'l0', 'n_tokens'} of the SAE on "
-            "this model's activations at the scored tokens of the selection data (both sides)."
+            "this model's activations at the scored tokens of the selection data: explained variance over the first "
+            "4,096 scored tokens of each side (n_tokens in all), L0 over every scored token."
         },
     )
     min_explained_variance: float = field(

@@ -22,6 +22,7 @@ from .residual import ResidualSite, model_device, run_to_sites
 from .sae_loading import check_sae_fits, load_sae
 
 logger = logging.getLogger(__name__)
+FIT_TOKENS = 4096  # scored tokens per side on which each SAE's reconstruction (explained variance) is measured
 
 
 @dataclass
@@ -32,9 +33,10 @@ class FeatureStats:
     abs_sum: torch.Tensor
     fire_count: torch.Tensor
     n_tokens: int = 0
-    input_sum: Optional[torch.Tensor] = None  # [d_in]: with the two sums below, how well the SAE reconstructs
-    input_sq_sum: float = 0.0
+    input_sum: Optional[torch.Tensor] = None  # [d_in]: with the sums below, how well the SAE reconstructs the
+    input_sq_sum: float = 0.0  # first `fit_tokens` tokens (see FIT_TOKENS)
     error_sq_sum: float = 0.0
+    fit_tokens: int = 0
 
     @classmethod
     def zeros(cls, d_sae: int, device: torch.device | str = "cpu") -> "FeatureStats":
@@ -48,7 +50,8 @@ class FeatureStats:
         self.abs_sum += acts.abs().sum(0, dtype=torch.float64)
         self.fire_count += (acts != 0).sum(0, dtype=torch.float64)
         self.n_tokens += acts.shape[0]
-        if inputs is not None:
+        if inputs is not None and len(inputs):
+            self.fit_tokens += len(inputs)
             total = inputs.sum(0, dtype=torch.float64)
             self.input_sum = total if self.input_sum is None else self.input_sum + total
             self.input_sq_sum += float(inputs.double().square().sum())
@@ -69,14 +72,14 @@ class FeatureStats:
 
 def sae_fit(sides: Sequence[FeatureStats]) -> dict[str, float]:
     """How well an SAE describes the scored activations of `sides` together: explained variance
-    1 - Σ||x - x̂||² / Σ||x - mean(x)||² (1 = perfect; 0 = no better than the mean), mean L0 (features firing per
-    token) and the number of tokens."""
-    n = sum(side.n_tokens for side in sides)
+    1 - Σ||x - x̂||² / Σ||x - mean(x)||² (1 = perfect; 0 = no better than the mean) over the first FIT_TOKENS
+    tokens of each side (`n_tokens` of them in all), and mean L0 (features firing per token) over all tokens."""
+    n = sum(side.fit_tokens for side in sides)
     total = sum(side.input_sum for side in sides)
     variance = sum(side.input_sq_sum for side in sides) - float(total.square().sum()) / n
     error = sum(side.error_sq_sum for side in sides)
-    return {"explained_variance": 1 - error / variance if variance > 0 else float("nan"),
-            "l0": float(sum(side.fire_count.sum() for side in sides)) / n, "n_tokens": n}
+    l0 = float(sum(side.fire_count.sum() for side in sides)) / sum(side.n_tokens for side in sides)
+    return {"explained_variance": 1 - error / variance if variance > 0 else float("nan"), "l0": l0, "n_tokens": n}
 
 
 def rank_features(
@@ -131,7 +134,8 @@ def accumulate_feature_stats(
                 "dtype overflow (try float32 or bfloat16 instead of float16)."
             )
         acts = saes[i][0].encode(x)
-        stats[i].update(acts, x, saes[i][0].decode(acts))
+        n_fit = max(FIT_TOKENS - stats[i].fit_tokens, 0)  # the fit needs a sample, not every token: decode a few
+        stats[i].update(acts, x[:n_fit], saes[i][0].decode(acts[:n_fit]) if n_fit else None)
 
     run_to_sites(model, [site for _, site in saes], batches, consume, desc=desc, show_progress=show_progress)
     for (_, site), side in zip(saes, stats):
