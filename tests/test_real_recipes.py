@@ -142,3 +142,32 @@ def _run_recipe(recipe, spec, tmp_path):
     shares = read_shares(model, config, subspace)
     print(f"{recipe} share of read directions inside the SAE subspace:", json.dumps(shares))
     assert shares["residual"] > 0.9999 and shares["image"] < 0.9 and shares["none"] < 0.9
+
+
+README_SCALE = {  # what the README's real-model snippets are run with here: only the scale changes
+    "select(range(512))": "select(range(16))",
+    'learning_rate=2e-4)': 'learning_rate=2e-4, max_steps=2, bf16=False, use_cpu=True, '
+                           'per_device_train_batch_size=2, max_length=128, report_to="none")',
+}
+
+
+@pytest.mark.slow
+def test_readme_real_model_snippets_run_on_the_gemma_replica(tmp_path):
+    """The README's 'Use it on a real model with a real SAE' code, as written but for the scale, on the Gemma-2-2b
+    replica: Gemma Scope through its sae-lens release, LLM-LAT data, get_peft_model, then SFTTrainer."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Use it on a real model with a real SAE"):readme.index("## TRL recipes")]
+    code = "\n".join(block.split("```")[0] for block in section.split("```python\n")[1:])
+    for old, new in README_SCALE.items():
+        assert old in code, f"the README snippet no longer contains {old!r}"
+        code = code.replace(old, new)
+    try:
+        world = build_recipe_replica("gemma-2-2b", tmp_path / "hub", tmp_path / "datasets")
+        env = {**os.environ, **world["env"], "OMP_NUM_THREADS": "2"}
+        env.pop("HF_HOME", None)
+        (tmp_path / "snippet.py").write_text(code)
+        _run([str(tmp_path / "snippet.py")], env, cwd=tmp_path)
+    finally:
+        shutil.rmtree(tmp_path / "hub", ignore_errors=True)
+    sidecar = json.loads((tmp_path / "gemma-2-2b-sails" / "sails_config.json").read_text())
+    assert sorted(map(int, sidecar["features"])) == [5, 10, 15, 20] and sidecar["sae_fit"]
