@@ -86,7 +86,7 @@ class SAILSConfig(LoraConfig):
         metadata={
             "help": "Written by `select_features`: layer -> {'explained_variance', 'l0', 'n_tokens'} of the SAE on "
             "this model's activations at the scored tokens of the selection data: explained variance over the first "
-            "4,096 scored tokens of each side (n_tokens in all), L0 over every scored token."
+            "16 batches of each side (n_tokens tokens in all), L0 over every scored token."
         },
     )
     min_explained_variance: float = field(
@@ -173,6 +173,14 @@ class SAILSConfig(LoraConfig):
         default=None, metadata={"help": "Tokenizer for selection; defaults to the model's `name_or_path`."}
     )
     selection_batch_size: int = field(default=8, metadata={"help": "Batch size of the selection forward passes."})
+    shard_selection: bool = field(
+        default=True,
+        metadata={
+            "help": "Under torch.distributed (e.g. `accelerate launch`), each process scores only its share of the "
+            "selection batches and the sums are gathered: every process must call select_features, and all end "
+            "with the features of a single-process run, bit for bit. False: each process scores all the data."
+        },
+    )
     saes_per_pass: int = field(
         default=1,
         metadata={

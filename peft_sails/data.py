@@ -19,6 +19,7 @@ class ScoredBatch:
     attention_mask: torch.Tensor  # [batch, seq]
     score_mask: torch.Tensor  # [batch, seq] bool: tokens whose activations are averaged (never padding, special or
     # chat-template tokens, except the "last_prompt" token, which is the template's generation prompt)
+    index: int = 0  # position of the batch in the whole data (batches of consecutive rows)
 
 
 def to_chat(dataset: Dataset, prompt_column: str, response_column: str, messages_column: str = "messages") -> Dataset:
@@ -132,30 +133,39 @@ def _encode(row: dict[str, Any], config: SAILSConfig, tokenizer: Any) -> tuple[l
 
 
 def iter_scored_batches(
-    dataset: Iterable[dict[str, Any]], config: SAILSConfig, tokenizer: Any, device: torch.device | str
+    dataset: Iterable[dict[str, Any]], config: SAILSConfig, tokenizer: Any, device: torch.device | str,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ScoredBatch]:
-    """Tokenise lazily and yield right-padded batches; memory holds one batch at a time."""
+    """Tokenise lazily and yield right-padded batches of `config.selection_batch_size` consecutive rows; memory holds
+    one batch at a time. With `shard=(rank, world)`, only the batches whose index is `rank` modulo `world` are
+    tokenised and yielded (each keeps its global `index`), so processes split the data without overlap."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    rows: list[tuple[list[int], list[bool]]] = []
+    rank, world = shard
+    rows: list[dict[str, Any]] = []
     limit = config.max_selection_samples
 
-    def collate() -> ScoredBatch:
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        score = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, (row_ids, row_mask) in enumerate(rows):
+    def collate(index: int) -> ScoredBatch:
+        encoded = [_encode(row, config, tokenizer) for row in rows]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(encoded), width), dtype=torch.long)
+        score = torch.zeros((len(encoded), width), dtype=torch.bool)
+        for i, (row_ids, row_mask) in enumerate(encoded):
             ids[i, : len(row_ids)] = torch.tensor(row_ids)
             attn[i, : len(row_ids)] = 1
             score[i, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.bool)
-        return ScoredBatch(ids.to(device), attn.to(device), score.to(device))
+        return ScoredBatch(ids.to(device), attn.to(device), score.to(device), index)
 
-    for index, row in enumerate(dataset):
-        if limit is not None and index >= limit:
+    size, index = config.selection_batch_size, 0
+    for n, row in enumerate(dataset):
+        if limit is not None and n >= limit:
             break
-        rows.append(_encode(row, config, tokenizer))
-        if len(rows) == config.selection_batch_size:
-            yield collate()
+        if (n // size) % world != rank:
+            continue
+        index = n // size
+        rows.append(row)
+        if len(rows) == size:
+            yield collate(index)
             rows = []
     if rows:
-        yield collate()
+        yield collate(index)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 from datasets import load_dataset, load_from_disk
 from sae_lens import SAE
 from torch import nn
@@ -22,7 +24,8 @@ from .residual import ResidualSite, model_device, run_to_sites
 from .sae_loading import check_sae_fits, load_sae
 
 logger = logging.getLogger(__name__)
-FIT_TOKENS = 4096  # scored tokens per side on which each SAE's reconstruction (explained variance) is measured
+TOKEN_CHUNK = 256  # tokens encoded at once: bounds the [tokens, d_sae] activations a batch holds
+FIT_BATCHES = 16  # batches of each side whose scored tokens measure each SAE's reconstruction (explained variance)
 
 
 @dataclass
@@ -34,7 +37,7 @@ class FeatureStats:
     fire_count: torch.Tensor
     n_tokens: int = 0
     input_sum: Optional[torch.Tensor] = None  # [d_in]: with the sums below, how well the SAE reconstructs the
-    input_sq_sum: float = 0.0  # first `fit_tokens` tokens (see FIT_TOKENS)
+    input_sq_sum: float = 0.0  # `fit_tokens` tokens of the first FIT_BATCHES batches
     error_sq_sum: float = 0.0
     fit_tokens: int = 0
 
@@ -57,6 +60,25 @@ class FeatureStats:
             self.input_sq_sum += float(inputs.double().square().sum())
             self.error_sq_sum += float((inputs - reconstruction).double().square().sum())
 
+    def to(self, device: torch.device | str) -> "FeatureStats":
+        """A copy with its tensors on `device`."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return dataclasses.replace(self, act_sum=move(self.act_sum), abs_sum=move(self.abs_sum),
+                                   fire_count=move(self.fire_count), input_sum=move(self.input_sum))
+
+    def merge(self, other: "FeatureStats") -> None:
+        """Add the sums of `other` (e.g. one batch's); merging in a fixed order gives the same bits every time."""
+        other = other.to(self.act_sum.device)
+        self.act_sum += other.act_sum
+        self.abs_sum += other.abs_sum
+        self.fire_count += other.fire_count
+        self.n_tokens += other.n_tokens
+        if other.fit_tokens:
+            self.input_sum = other.input_sum if self.input_sum is None else self.input_sum + other.input_sum
+            self.input_sq_sum += other.input_sq_sum
+            self.error_sq_sum += other.error_sq_sum
+            self.fit_tokens += other.fit_tokens
+
     @property
     def mean(self) -> torch.Tensor:
         return self.act_sum / max(self.n_tokens, 1)
@@ -72,8 +94,9 @@ class FeatureStats:
 
 def sae_fit(sides: Sequence[FeatureStats]) -> dict[str, float]:
     """How well an SAE describes the scored activations of `sides` together: explained variance
-    1 - Σ||x - x̂||² / Σ||x - mean(x)||² (1 = perfect; 0 = no better than the mean) over the first FIT_TOKENS
-    tokens of each side (`n_tokens` of them in all), and mean L0 (features firing per token) over all tokens."""
+    1 - Σ||x - x̂||² / Σ||x - mean(x)||² (1 = perfect; 0 = no better than the mean) over the tokens of the first
+    FIT_BATCHES batches of each side (`n_tokens` of them in all), and mean L0 (features firing per token) over all
+    tokens."""
     n = sum(side.fit_tokens for side in sides)
     total = sum(side.input_sum for side in sides)
     variance = sum(side.input_sq_sum for side in sides) - float(total.square().sum()) / n
@@ -115,16 +138,32 @@ def rank_features(
     return [{"id": int(i), "delta": float(delta[i]), "rho": float(rho[i])} for i in chosen]
 
 
+def distributed_shard() -> tuple[int, int]:
+    """(rank, world size) of this process in an initialised torch.distributed group (e.g. under `accelerate
+    launch`), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def accumulate_feature_stats(
     model: nn.Module,
     saes: Sequence[tuple[SAE, ResidualSite]],
     batches: Any,
     desc: str = "",
     show_progress: bool = True,
+    gather: bool = False,
 ) -> list[FeatureStats]:
     """Run `batches` through `model` once, up to the deepest site; encode the scored tokens at each site with its
-    SAE (float32) and sum up. Returns one `FeatureStats` per `(sae, site)`."""
-    stats = [FeatureStats.zeros(sae.cfg.d_sae, model_device(model)) for sae, _ in saes]
+    SAE (float32) and sum up. Returns one `FeatureStats` per `(sae, site)`.
+
+    With `gather`, every process of the torch.distributed group must call this with its own share of the batches
+    (`iter_scored_batches(..., shard=distributed_shard())`): the per-batch sums of all processes are gathered and
+    merged in batch order, so every process gets the sums a single process makes from all the data, bit for bit.
+    That holds `d_sae` float64 sums per batch until the merge (3 x 8 bytes x d_sae x batches)."""
+    device = model_device(model)
+    stats = [FeatureStats.zeros(sae.cfg.d_sae, device) for sae, _ in saes]
+    parts: list[list[tuple[int, FeatureStats]]] = [[] for _ in saes]
 
     def consume(i: int, hidden: torch.Tensor, batch: Any) -> None:
         x = hidden[batch.score_mask].float()
@@ -133,11 +172,24 @@ def accumulate_feature_stats(
                 f"Non-finite residual activations at layer {saes[i][1].layer} ({desc}); the model's weights or "
                 "dtype overflow (try float32 or bfloat16 instead of float16)."
             )
-        acts = saes[i][0].encode(x)
-        n_fit = max(FIT_TOKENS - stats[i].fit_tokens, 0)  # the fit needs a sample, not every token: decode a few
-        stats[i].update(acts, x[:n_fit], saes[i][0].decode(acts[:n_fit]) if n_fit else None)
+        sae = saes[i][0]
+        part = FeatureStats.zeros(sae.cfg.d_sae, device)
+        fit = batch.index < FIT_BATCHES  # the fit needs a sample, not every token: decode a few batches only
+        for chunk in x.split(TOKEN_CHUNK):  # [tokens, d_sae] activations are the big tensors: a few at a time
+            acts = sae.encode(chunk)
+            part.update(acts, chunk if fit else None, sae.decode(acts) if fit else None)
+        if gather:
+            parts[i].append((batch.index, part.to("cpu")))  # gathered through pickling: never device tensors
+        else:
+            stats[i].merge(part)
 
     run_to_sites(model, [site for _, site in saes], batches, consume, desc=desc, show_progress=show_progress)
+    if gather:
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, parts)
+        for i, side in enumerate(stats):
+            for _, part in sorted((p for process in everyone for p in process[i]), key=lambda p: p[0]):
+                side.merge(part)
     for (_, site), side in zip(saes, stats):
         if side.n_tokens == 0:
             raise ValueError(f"No tokens to score at layer {site.layer} ({desc}): check token_scope and max_length.")
@@ -166,10 +218,17 @@ def select_features(
     `config.saes_per_pass` SAEs are loaded at a time (default 1) and released once their layers are scored; each
     forward pass stops at the deepest of their layers. Memory: those SAEs, one batch of activations and O(d_sae)
     running sums per SAE and side; it does not grow with the data. More SAEs per pass means fewer passes.
+
+    Under torch.distributed (`accelerate launch`) with `config.shard_selection` (default), every process must call
+    this: each scores only its share of the batches, the sums are gathered (as PEFT's EVA gathers its statistics),
+    and every process returns the features a single process would select from all the data, bit for bit. Memory then
+    also holds O(d_sae) sums per batch until they are merged.
     """
     for data, name in ((aligned, "aligned"), (unaligned, "unaligned")):
         check_selection_data(data, config, tokenizer, name)
     device = model_device(model)
+    shard = distributed_shard() if config.shard_selection else (0, 1)
+    show_progress = show_progress and shard[0] == 0
     was_training = model.training
     model.eval()
     features: dict[int, list[dict[str, float]]] = {}
@@ -188,8 +247,9 @@ def select_features(
                         f"top_k={config.top_k} is larger than the SAE width d_sae={sae.cfg.d_sae} at layer {layer}."
                     )
             aligned_stats, unaligned_stats = (
-                accumulate_feature_stats(model, saes, iter_scored_batches(data, config, tokenizer, device),
-                                         desc=f"layers {chunk} {name}", show_progress=show_progress)
+                accumulate_feature_stats(model, saes, iter_scored_batches(data, config, tokenizer, device, shard),
+                                         desc=f"layers {chunk} {name}", show_progress=show_progress,
+                                         gather=shard[1] > 1)
                 for data, name in ((aligned, "aligned"), (unaligned, "unaligned"))
             )
             for layer, a, u in zip(chunk, aligned_stats, unaligned_stats):

@@ -1,9 +1,9 @@
 """Multi-process SAILS, run by test_distributed.py as
 `accelerate launch --multi_gpu --num_processes 2 tests/distributed_sails.py OUT.json` (gloo on CPU).
 
-Each process selects features and initialises on its own (both are deterministic); the script checks that all
-processes end with the same init, that `initialize_sails_weights` works on a DDP-wrapped model, and that a short
-DDP training run keeps the processes in step.
+Each process scores its share of the selection data (the sums are gathered) and initialises on its own; the
+script records the features and the SAE fit (the test compares them with a single-process run), the init of every
+process, the init through a DDP wrapper, and the weights after a short DDP training run.
 """
 
 import copy
@@ -54,6 +54,7 @@ def main(out: str) -> None:
                      bf16=False, use_cpu=True, report_to=[], save_strategy="no", seed=0)
     SFTTrainer(model=model, args=args, train_dataset=aligned, processing_class=tokenizer).train()
     result = {"rank": state.process_index, "world": state.num_processes, "features": config.features,
+              "sae_fit": config.sae_fit,
               "init": init, "two_step": two_step, "trained": digest(model)}
     results = gather_object([result])
     if state.is_main_process:

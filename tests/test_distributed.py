@@ -10,7 +10,12 @@ from conftest import HUB_CACHE
 
 
 @pytest.mark.slow
-def test_two_processes_agree(tmp_path, planted_saes):
+def test_two_processes_agree(tmp_path, planted_saes, tokenizer):
+    """Two processes split the selection data and end with the features (and SAE fit) of one process on all the
+    data, bit for bit; their inits agree, also through DDP, and they train in step."""
+    from peft_sails import SAILSConfig, select_features
+    from peft_sails.offline import tiny_llama, toy_safety_data
+
     out = tmp_path / "results.json"
     script = Path(__file__).with_name("distributed_sails.py")
     accelerate = Path(os.sys.executable).with_name("accelerate")
@@ -21,6 +26,14 @@ def test_two_processes_agree(tmp_path, planted_saes):
     results = json.loads(out.read_text())
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
     assert results[0]["features"] == results[1]["features"]
+    aligned, unaligned, _ = toy_safety_data(n=48, seed=0)  # as distributed_sails.py
+    single = select_features(tiny_llama(tokenizer), tokenizer, SAILSConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], top_k=8,
+        sae_release="local-org/tiny-llama-saes", sae_ids={1: "layer_1", 2: "layer_2"}), aligned, unaligned,
+        show_progress=False)
+    as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731  (int keys -> str, as in the results)
+    assert all(r["features"] == as_json(single.features) and r["sae_fit"] == as_json(single.sae_fit)
+               for r in results)
     assert results[0]["init"] == results[1]["init"]
     assert all(r["two_step"] == r["init"] for r in results)  # DDP-wrapped init == plain init
     assert results[0]["trained"] == results[1]["trained"] != results[0]["init"]

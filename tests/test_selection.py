@@ -84,13 +84,15 @@ def test_prompt_completion_format_matches_chat(tokenizer, data, planted_saes, ll
 @pytest.mark.slow
 def test_selection_memory_does_not_grow_with_data():
     """Peak RSS of selection on 4x the data stays within 10% of 1x, each in a fresh process (the benchmark's own
-    measurement). With a 16k-wide SAE, keeping the activations instead of running sums would add ~0.5 GB at 4x."""
+    measurement; the lower of two runs, as one fresh process's peak varies by a few percent from run to run). With a
+    16k-wide SAE, keeping the activations instead of running sums would add ~0.5 GB at 4x."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "overheads.py"
     peaks = {}
-    for n in (100, 400):
+    for n in (100, 400, 100, 400):
         out = subprocess.run([sys.executable, str(script), "--selection_rss", str(n), "--hidden_size", "64",
                               "--d_sae", "16384"], capture_output=True, text=True, check=True).stdout
-        peaks[n] = json.loads(out.strip().splitlines()[-1])["peak_rss_kib"]
+        peak = json.loads(out.strip().splitlines()[-1])["peak_rss_kib"]
+        peaks[n] = min(peaks.get(n, peak), peak)
     assert peaks[400] <= 1.10 * peaks[100], peaks
 
 

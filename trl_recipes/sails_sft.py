@@ -11,8 +11,9 @@ accelerate launch trl_recipes/sails_sft.py --config trl_recipes/gemma-2-9b.yaml
 python trl_recipes/sails_sft.py --config trl_recipes/gemma-2-9b.yaml --dry_run
 ```
 
-Stage 1 runs on every process (it is deterministic, so all processes get the same features); stages 2-3 run
-inside `SFTTrainer` (`get_peft_model`). The main process saves the adapter with its SAILS card and, with
+Stage 1 is split across processes: each scores its share of the selection data, the sums are gathered, and all
+end with the features one process would select from all the data; stages 2-3 run inside `SFTTrainer`
+(`get_peft_model`). The main process saves the adapter with its SAILS card and, with
 `--push_to_hub`, pushes adapter, sidecar and card in one commit.
 """
 
