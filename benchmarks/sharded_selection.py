@@ -19,7 +19,7 @@ from overheads import RESULTS, build, median_time, parse_args
 
 
 def main() -> dict:
-    args = parse_args()
+    args = parse_args(description=__doc__)
     if args.output == RESULTS / "overheads.json":  # overheads.py's default: this benchmark writes its own file
         args.output = RESULTS / "sharded_selection.json"
     import torch
