@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SAILSConfig
-from .residual import decoder_layers, model_device
+from .residual import check_not_partitioned, decoder_layers, model_device
 from .sae_loading import check_sae_fits, load_sae
 from .subspace import Subspace, principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
 
@@ -166,6 +166,7 @@ def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig
     stock_config.init_lora_weights = True
     counts = {"n_reader_modules": 0, "n_writer_modules": 0, "n_default_init": 0}
     default_init = []
+    _check_whole(model, blocks, adapter_name, config)  # before anything is written
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
             continue
@@ -198,6 +199,19 @@ def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig
         logger.warning("SAILS: %d modules are neither readers nor writers and keep LoRA's default init: %s",
                        len(default_init), default_init[:8])
     return counts
+
+
+def _check_whole(model: nn.Module, blocks: nn.ModuleList, adapter_name: str, config: SAILSConfig) -> None:
+    """Every LoRA weight SAILS writes and every norm weight it reads is whole on this process (not a ZeRO-3 shard)."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+            for factor in (module.lora_A[adapter_name], module.lora_B[adapter_name]):
+                check_not_partitioned(factor.weight, f"{name} LoRA weight")
+    if config.norm_mapping != "none":
+        for index, block in enumerate(blocks):
+            for name, param in block.named_parameters():
+                if "norm" in name:
+                    check_not_partitioned(param, f"layers.{index}.{name}")
 
 
 def initialize_sails_weights(

@@ -60,6 +60,22 @@ def model_device(model: nn.Module) -> torch.device:
     return device
 
 
+def check_not_partitioned(param: torch.Tensor, name: str) -> None:
+    """Refuse a parameter this process holds only a shard of (DeepSpeed ZeRO-3 leaves an empty tensor with
+    `ds_numel` set; FSDP2 a DTensor): SAILS would read or write a fraction of it."""
+    full = getattr(param, "ds_numel", None)
+    sharded = (full is not None and param.numel() != full) or type(param).__name__ == "DTensor" or (
+        param.numel() == 0 and not param.is_meta)
+    if sharded:
+        raise ValueError(
+            f"{name} is partitioned across processes (DeepSpeed ZeRO-3 or FSDP: this process holds {param.numel()} "
+            f"of its {full if full is not None else '?'} values), and SAILS must read or write all of it. Initialise "
+            "before the model is wrapped: get_peft_model(model, config) on fully loaded weights (or "
+            "low_cpu_mem_usage=True, then initialize_sails_weights(peft_model)) before accelerator.prepare / "
+            "deepspeed.initialize; or initialise on one process, save the adapter and load it in the sharded run."
+        )
+
+
 class StopForward(Exception):
     """Raised by a hook to skip the layers after the site being read."""
 

@@ -163,3 +163,29 @@ def test_no_pickle_loading_in_the_package():
 def test_no_tokens_to_score(llama, tokenizer, data, planted_saes):
     with pytest.raises(ValueError, match="No tokens to score at layer 1 .*check token_scope and max_length"):
         select_features(llama, tokenizer, sails_config(max_length=4), data[0], data[1], show_progress=False)
+
+
+def _zero3_shard(full: torch.Tensor) -> torch.nn.Parameter:
+    """What DeepSpeed ZeRO-3 leaves on a process for a partitioned parameter: an empty tensor that knows its size."""
+    shard = torch.nn.Parameter(torch.empty(0, dtype=full.dtype))
+    shard.ds_numel, shard.ds_shape = full.numel(), full.shape
+    return shard
+
+
+def test_partitioned_norm_weight_is_refused(llama, selected_config):
+    """Norm mapping reads RMSNorm weights: a ZeRO-3 shard gets a clear error, never arithmetic on an empty tensor."""
+    llama.model.layers[2].post_attention_layernorm.weight = _zero3_shard(llama.model.layers[2].post_attention_layernorm.weight)
+    with pytest.raises(ValueError, match=r"layers.2.post_attention_layernorm.weight is partitioned across processes "
+                                         r"\(DeepSpeed ZeRO-3 or FSDP: this process holds 0 of its 64 values\).*"
+                                         r"before accelerator.prepare"):
+        get_peft_model(llama, copy.deepcopy(selected_config))
+
+
+def test_partitioned_lora_weight_is_refused_before_anything_is_written(llama, selected_config):
+    peft_model = get_peft_model(llama, selected_config.stock_lora_config())
+    q_proj = peft_model.base_model.model.model.layers[3].self_attn.q_proj
+    q_proj.lora_A["default"].weight = _zero3_shard(q_proj.lora_A["default"].weight)
+    before = {k: v.clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+    with pytest.raises(ValueError, match=r"layers.3.self_attn.q_proj LoRA weight is partitioned"):
+        initialize_sails_weights(peft_model, config=copy.deepcopy(selected_config))
+    assert all(torch.equal(before[k], v) for k, v in peft_model.state_dict().items() if "lora_" in k)
