@@ -116,7 +116,7 @@ def _score_mask(offsets: Sequence[tuple[int, int]], special: Sequence[bool], pro
     return [w and c for w, c in zip(wanted, in_content)]
 
 
-def _encode(row: dict[str, Any], config: SAILSConfig, tokenizer: Any) -> tuple[list[int], list[bool]]:
+def _encode(row: dict[str, Any], config: SAILSConfig, tokenizer: Any, special_ids: set[int]) -> tuple[list[int], list[bool]]:
     prompt, full, templated, contents = split_prompt_response(row, config, tokenizer)
     if not full.startswith(prompt):
         raise ValueError("The chat template renders the prompt differently inside the full conversation; "
@@ -127,7 +127,6 @@ def _encode(row: dict[str, Any], config: SAILSConfig, tokenizer: Any) -> tuple[l
                       "from content: all non-special tokens of the scope are scored in those examples.", stacklevel=2)
     enc = tokenizer(full, add_special_tokens=not templated, return_offsets_mapping=True,
                     truncation=True, max_length=config.max_length)
-    special_ids = set(tokenizer.all_special_ids)
     special = [i in special_ids for i in enc["input_ids"]]
     return enc["input_ids"], _score_mask(enc["offset_mapping"], special, len(prompt), spans, config.token_scope)
 
@@ -141,11 +140,12 @@ def iter_scored_batches(
     tokenised and yielded (each keeps its global `index`), so processes split the data without overlap."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     rank, world = shard
+    special_ids = set(tokenizer.all_special_ids)
     rows: list[dict[str, Any]] = []
     limit = config.max_selection_samples
 
     def collate(index: int) -> ScoredBatch:
-        encoded = [_encode(row, config, tokenizer) for row in rows]
+        encoded = [_encode(row, config, tokenizer, special_ids) for row in rows]
         width = max(len(ids) for ids, _ in encoded)
         ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
         attn = torch.zeros((len(encoded), width), dtype=torch.long)

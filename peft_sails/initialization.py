@@ -103,12 +103,18 @@ def _mapped_basis(basis: torch.Tensor, scale: Optional[torch.Tensor], role: Role
     return orthonormalize_rows(basis.double() * factor.double()).float()
 
 
+def module_norm_scale(blocks: nn.ModuleList, name: str, role: Role, hidden: int) -> Optional[torch.Tensor]:
+    """`norm_scale` of the RMSNorm between module `name` (e.g. "model.layers.3.mlp.up_proj") and the residual
+    stream; None when the name has no layer index or no norm stands there."""
+    match = LAYER_INDEX.search(name)
+    return norm_scale(blocks[int(match.group(1))], match.group(2), role, hidden) if match else None
+
+
 def residual_factor(blocks: nn.ModuleList, name: str, role: Role, factor: torch.Tensor) -> torch.Tensor:
     """A module's learned factor in residual-stream coordinates: the rows of `lora_A · diag(s)` for a reader (the
     residual directions it reads), the columns of `diag(s) · lora_B` (given as rows) for a writer behind a
     post-norm; unchanged where no norm stands between the module and the residual stream."""
-    match = LAYER_INDEX.search(name)
-    scale = norm_scale(blocks[int(match.group(1))], match.group(2), role, factor.shape[1]) if match else None
+    scale = module_norm_scale(blocks, name, role, factor.shape[1])
     return factor if scale is None else factor * scale.to(factor)
 
 
@@ -148,9 +154,7 @@ def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress:
 def module_basis(blocks: nn.ModuleList, name: str, role: Role, basis: torch.Tensor, config: SAILSConfig) -> torch.Tensor:
     """The orthonormal rows SAILS writes into module `name` (before `a_scale`): `basis`, mapped through the
     RMSNorm in front of a reader (or behind a writer, Gemma-2 style) by the rule `config.norm_mapping`."""
-    match = LAYER_INDEX.search(name)
-    norm = norm_scale(blocks[int(match.group(1))], match.group(2), role, basis.shape[1]) if (
-        config.norm_mapping != "none" and match) else None
+    norm = module_norm_scale(blocks, name, role, basis.shape[1]) if config.norm_mapping != "none" else None
     return _mapped_basis(basis, norm, role, config.norm_mapping)
 
 
