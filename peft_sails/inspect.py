@@ -43,7 +43,8 @@ from .config import SAILSConfig
 from .data import iter_scored_batches, to_chat
 from .initialization import LAYER_INDEX, Role, base_model_of, compute_sails_subspace, module_role, residual_factor
 from .residual import decoder_layers
-from .sae_loading import check_sae_fits, load_sae
+from .sae_files import load_sae_parts
+from .sae_loading import check_sae_fits
 from .selection import FeatureStats, accumulate_feature_stats, model_device, select_features
 from .subspace import principal_directions, orthonormalize_rows
 
@@ -309,14 +310,14 @@ def feature_shifts(
     model.eval()
     try:
         for layer in tqdm(config.layers, desc="SAE features moved by the adapter", disable=not show_progress):
-            sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
+            sae, decoder_rows = load_sae_parts(config.sae_release, config.sae_ids[layer], device=device)
             site = check_sae_fits(sae, model.get_base_model(), layer, config.check_sae_model)
             for name, data in rows.items():
                 desc = f"layer {layer} {name}"
-                (with_adapter,) = accumulate_feature_stats(model, [(sae, site)], iter_scored_batches(
+                (with_adapter,) = accumulate_feature_stats(model, [(sae, site, decoder_rows)], iter_scored_batches(
                     data, scoring, tokenizer, device), f"{desc} with adapter", show_progress)
                 with model.disable_adapter():
-                    (without,) = accumulate_feature_stats(model, [(sae, site)], iter_scored_batches(
+                    (without,) = accumulate_feature_stats(model, [(sae, site, decoder_rows)], iter_scored_batches(
                         data, scoring, tokenizer, device), f"{desc} without adapter", show_progress)
                 per_set[name].append(layer_shifts(layer, with_adapter, without, selected.get(layer, set()),
                                                   sae.cfg.metadata.neuronpedia_id, top_n))

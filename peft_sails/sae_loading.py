@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,13 +25,30 @@ def load_sae(release: str, sae_id: str, device: str | torch.device = "cpu") -> S
     holds it under `sae_id`. Errors name the release, the id, and whether `HF_HUB_OFFLINE` is set.
     """
     device = str(device)
-    if os.path.isdir(release):
-        path = os.path.join(release, sae_id) if os.path.isdir(os.path.join(release, sae_id)) else release
-        if not os.path.isfile(os.path.join(path, "cfg.json")):
-            raise FileNotFoundError(f"No sae-lens SAE (cfg.json) in {path!r} for sae_id {sae_id!r}.")
+    path = local_sae_folder(release, sae_id)
+    if path is not None:
         return SAE.load_from_disk(path, device=device)
-    try:
+    with explained_load_errors(release, sae_id):
         return SAE.from_pretrained(release, sae_id, device=device)
+
+
+def local_sae_folder(release: str, sae_id: str) -> str | None:
+    """The folder of a local sae-lens SAE (`release` itself, or `release/sae_id`); None if `release` is no folder."""
+    if not os.path.isdir(release):
+        return None
+    path = os.path.join(release, sae_id) if os.path.isdir(os.path.join(release, sae_id)) else release
+    if not os.path.isfile(os.path.join(path, "cfg.json")):
+        raise FileNotFoundError(f"No sae-lens SAE (cfg.json) in {path!r} for sae_id {sae_id!r}.")
+    return path
+
+
+@contextmanager
+def explained_load_errors(release: str, sae_id: str) -> Iterator[None]:
+    """Re-raise a failed load of SAE `sae_id` of `release` with what was wrong and what to do: the release or repo
+    and the id, whether `HF_HUB_OFFLINE` is set, and which sae-lens release reads a repo that is not in sae-lens'
+    own format."""
+    try:
+        yield
     except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, OSError) as err:
         listing = _repo_files(release)
         own = sorted(f.rsplit("/", 1)[0] for f in listing or [] if f.endswith("/cfg.json"))

@@ -21,7 +21,8 @@ from transformers import AutoTokenizer
 from .config import SAILSConfig
 from .data import check_selection_data, iter_scored_batches
 from .residual import ResidualSite, model_device, run_to_sites
-from .sae_loading import check_sae_fits, load_sae
+from .sae_files import DecoderRows, decode_active, load_sae_parts
+from .sae_loading import check_sae_fits
 
 logger = logging.getLogger(__name__)
 TOKEN_CHUNK = 256  # tokens encoded at once: bounds the [tokens, d_sae] activations a batch holds
@@ -148,21 +149,22 @@ def distributed_shard() -> tuple[int, int]:
 
 def accumulate_feature_stats(
     model: nn.Module,
-    saes: Sequence[tuple[SAE, ResidualSite]],
+    saes: Sequence[tuple[SAE, ResidualSite, DecoderRows]],
     batches: Any,
     desc: str = "",
     show_progress: bool = True,
     gather: bool = False,
 ) -> list[FeatureStats]:
     """Run `batches` through `model` once, up to the deepest site; encode the scored tokens at each site with its
-    SAE (float32) and sum up. Returns one `FeatureStats` per `(sae, site)`.
+    SAE (float32) and sum up. Returns one `FeatureStats` per `(sae, site, decoder_rows)` (as `load_sae_parts`
+    gives them: the fit's reconstructions read only the decoder rows of features that fire).
 
     With `gather`, every process of the torch.distributed group must call this with its own share of the batches
     (`iter_scored_batches(..., shard=distributed_shard())`): the per-batch sums of all processes are gathered and
     merged in batch order, so every process gets the sums a single process makes from all the data, bit for bit.
     That holds `d_sae` float64 sums per batch until the merge (3 x 8 bytes x d_sae x batches)."""
     device = model_device(model)
-    stats = [FeatureStats.zeros(sae.cfg.d_sae, device) for sae, _ in saes]
+    stats = [FeatureStats.zeros(sae.cfg.d_sae, device) for sae, _, _ in saes]
     parts: list[list[tuple[int, FeatureStats]]] = [[] for _ in saes]
 
     def consume(i: int, hidden: torch.Tensor, batch: Any) -> None:
@@ -172,25 +174,25 @@ def accumulate_feature_stats(
                 f"Non-finite residual activations at layer {saes[i][1].layer} ({desc}); the model's weights or "
                 "dtype overflow (try float32 or bfloat16 instead of float16)."
             )
-        sae = saes[i][0]
+        sae, _, rows = saes[i]
         part = FeatureStats.zeros(sae.cfg.d_sae, device)
         fit = batch.index < FIT_BATCHES  # the fit needs a sample, not every token: decode a few batches only
         for chunk in x.split(TOKEN_CHUNK):  # [tokens, d_sae] activations are the big tensors: a few at a time
             acts = sae.encode(chunk)
-            part.update(acts, chunk if fit else None, sae.decode(acts) if fit else None)
+            part.update(acts, chunk if fit else None, decode_active(sae, acts, rows) if fit else None)
         if gather:
             parts[i].append((batch.index, part.to("cpu")))  # gathered through pickling: never device tensors
         else:
             stats[i].merge(part)
 
-    run_to_sites(model, [site for _, site in saes], batches, consume, desc=desc, show_progress=show_progress)
+    run_to_sites(model, [site for _, site, _ in saes], batches, consume, desc=desc, show_progress=show_progress)
     if gather:
         everyone: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, parts)
         for i, side in enumerate(stats):
             for _, part in sorted((p for process in everyone for p in process[i]), key=lambda p: p[0]):
                 side.merge(part)
-    for (_, site), side in zip(saes, stats):
+    for (_, site, _), side in zip(saes, stats):
         if side.n_tokens == 0:
             raise ValueError(f"No tokens to score at layer {site.layer} ({desc}): check token_scope and max_length.")
     return stats
@@ -216,8 +218,9 @@ def select_features(
             `config.token_scope` to "prompt" or "last_prompt" (the benchmark's `sails-prompt` variant).
 
     `config.saes_per_pass` SAEs are loaded at a time (default 1) and released once their layers are scored; each
-    forward pass stops at the deepest of their layers. Memory: those SAEs, one batch of activations and O(d_sae)
-    running sums per SAE and side; it does not grow with the data. More SAEs per pass means fewer passes.
+    forward pass stops at the deepest of their layers. Memory: the encoders of those SAEs (their decoders stay on
+    disk, memory-mapped: see `sae_files`), one batch of activations and O(d_sae) running sums per SAE and side; it
+    does not grow with the data. More SAEs per pass means fewer passes.
 
     Under torch.distributed (`accelerate launch`) with `config.shard_selection` (default), every process must call
     this: each scores only its share of the batches, the sums are gathered (as PEFT's EVA gathers its statistics),
@@ -240,8 +243,8 @@ def select_features(
             chunk = layers[start:start + config.saes_per_pass]
             saes = []
             for layer in chunk:
-                sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
-                saes.append((sae, check_sae_fits(sae, model, layer, config.check_sae_model)))
+                sae, rows = load_sae_parts(config.sae_release, config.sae_ids[layer], device=device)
+                saes.append((sae, check_sae_fits(sae, model, layer, config.check_sae_model), rows))
                 if config.top_k > sae.cfg.d_sae:
                     raise ValueError(
                         f"top_k={config.top_k} is larger than the SAE width d_sae={sae.cfg.d_sae} at layer {layer}."
