@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from .config import SAILSConfig
 from .residual import check_not_partitioned, decoder_layers, model_device
-from .sae_loading import check_sae_fits, load_sae
+from .sae_files import load_sae_parts
+from .sae_loading import check_sae_fits
 from .subspace import Subspace, principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
 
 logger = logging.getLogger(__name__)
@@ -31,24 +32,24 @@ Role = Literal["reader", "writer"]
 def decoder_rows_of_features(
     model: nn.Module, config: SAILSConfig, show_progress: bool = True
 ) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
-    """Load each layer's SAE in turn, check it fits `model`, keep only the selected decoder rows (float32, CPU).
+    """Load each layer's SAE in turn, check it fits `model`, keep only the selected decoder rows (float32, CPU):
+    of a format `sae_files` reads in parts, only those rows are read from disk.
 
     Returns the rows per layer and each SAE's metadata (hook, width, Neuronpedia id) for the model card.
     """
-    device = model_device(model)
     rows, info = {}, {}
     for layer in tqdm(config.layers, desc="SAILS subspace: loading SAEs", disable=not show_progress):
         ids = [f["id"] for f in config.features.get(layer, [])]
         if not ids:
             continue
-        sae = load_sae(config.sae_release, config.sae_ids[layer], device=device)
+        sae, decoder_rows = load_sae_parts(config.sae_release, config.sae_ids[layer], encoder=False)
         check_sae_fits(sae, model, layer, config.check_sae_model)
         if max(ids) >= sae.cfg.d_sae:
             raise ValueError(
                 f"Feature id {max(ids)} at layer {layer} does not exist: the SAE has d_sae={sae.cfg.d_sae}. "
                 "The features were selected with another SAE; run select_features again."
             )
-        rows[layer] = sae.W_dec[ids].detach().float().cpu().clone()
+        rows[layer] = decoder_rows(ids).clone()
         meta = sae.cfg.metadata
         info[layer] = {"hook_name": meta.hook_name, "d_sae": sae.cfg.d_sae, "neuronpedia_id": meta.neuronpedia_id}
         del sae
