@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import struct
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from .sae_loading import explained_load_errors, load_sae, local_sae_folder
 
 logger = logging.getLogger(__name__)
 DecoderRows = Callable[[list[int]], torch.Tensor]
+DECODE_TOKENS = 32  # tokens decoded at once by `decode_active`: bounds the decoder rows read to 32 x L0
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "F64": np.float64}
 
 
@@ -65,20 +68,54 @@ def load_sae_parts(release: str, sae_id: str, device: str | torch.device = "cpu"
     return sae, lambda ids: sae.W_dec[ids].detach().float().cpu()
 
 
-def decode_active(sae: SAE, acts: torch.Tensor, decoder_rows: DecoderRows) -> torch.Tensor:
-    """`sae.decode(acts)` computed with sae-lens' own `decode` on the decoder rows of the features that fire in
-    `acts` only (a few thousand rows of a wide SAE instead of all of them)."""
-    ids = torch.nonzero(acts.any(0)).flatten()
-    placeholder = sae.W_dec
-    sae.W_dec = torch.nn.Parameter(decoder_rows(ids.tolist()).to(acts), requires_grad=False)
+def decode_active(sae: SAE, acts: torch.Tensor, decoder_rows: DecoderRows, tokens: int = DECODE_TOKENS) -> torch.Tensor:
+    """`sae.decode(acts)` computed with sae-lens' own `decode`, `tokens` rows of `acts` at a time, each on the
+    decoder rows of the features that fire in them only (at most `tokens` x L0 rows, not all of a wide SAE)."""
+    placeholder, out = sae.W_dec, []
     try:
-        return sae.decode(acts[:, ids])
+        for block in acts.split(tokens):
+            ids = torch.nonzero(block.any(0)).flatten()
+            sae.W_dec = torch.nn.Parameter(decoder_rows(ids.tolist()).to(acts), requires_grad=False)
+            out.append(sae.decode(block[:, ids]))
     finally:
         sae.W_dec = placeholder
+    return torch.cat(out)
 
 
-def mapped_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, memory-mapped copy-on-write: nothing is read until it is touched."""
+@dataclass
+class StoredTensor:
+    """Where a tensor lies in a file (C order), read on demand: mapped whole, or row by row."""
+
+    path: str
+    offset: int
+    dtype: np.dtype  # int16 for bfloat16, which numpy lacks
+    shape: tuple[int, ...]
+    bf16: bool = False
+
+    def _torch(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        return tensor.view(torch.bfloat16) if self.bf16 else tensor
+
+    def mapped(self) -> torch.Tensor:
+        """Memory-mapped copy-on-write: pages are read when touched."""
+        if math.prod(self.shape) == 0:
+            return self._torch(np.empty(self.shape, self.dtype))
+        return self._torch(np.memmap(self.path, dtype=self.dtype, mode="c", offset=self.offset, shape=self.shape))
+
+    def rows(self, ids: list[int]) -> torch.Tensor:
+        """Rows `ids` of a 2-D tensor, each read with one positional read (no mapping: the page cache's readahead
+        and large pages never count as this process's memory)."""
+        width = self.shape[1] * self.dtype.itemsize
+        out = np.empty((len(ids), self.shape[1]), self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            for k, i in enumerate(ids):
+                f.seek(self.offset + int(i) * width)
+                f.readinto(memoryview(out[k]).cast("B"))
+        return self._torch(out)
+
+
+def stored_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
+    """Where the tensors of a safetensors file lie (only its header is read)."""
     with open(path, "rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
@@ -88,38 +125,30 @@ def mapped_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             continue
         if entry["dtype"] not in _SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, which is not read in parts.")
-        begin, end = entry["data_offsets"]
-        out[name] = _mapped(path, _SAFETENSORS_DTYPES[entry["dtype"]], 8 + size + begin, entry["shape"],
-                            bf16=entry["dtype"] == "BF16", empty=begin == end)
+        out[name] = StoredTensor(str(path), 8 + size + entry["data_offsets"][0],
+                                 np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]), tuple(entry["shape"]),
+                                 bf16=entry["dtype"] == "BF16")
     return out
 
 
-def mapped_npz(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    """The arrays of an `.npz` file, memory-mapped copy-on-write; None if a member is compressed (np.savez_compressed)."""
+def stored_npz(path: str | os.PathLike) -> dict[str, StoredTensor] | None:
+    """Where the arrays of an `.npz` file lie (only the headers are read); None if one is compressed
+    (np.savez_compressed) or in Fortran order."""
     out = {}
     with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
                 return None
-            f.seek(info.header_offset)
-            local = f.read(30)
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
             f.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
             if fortran or dtype.hasobject:
                 return None
-            out[info.filename.removesuffix(".npy")] = _mapped(path, dtype, f.tell(), shape)
+            out[info.filename.removesuffix(".npy")] = StoredTensor(str(path), f.tell(), dtype, tuple(shape))
     return out
-
-
-def _mapped(path: Any, dtype: Any, offset: int, shape: Any, bf16: bool = False, empty: bool = False) -> torch.Tensor:
-    if empty or int(np.prod(shape)) == 0:
-        return torch.empty(tuple(shape), dtype=torch.bfloat16 if bf16 else torch.from_numpy(np.empty(0, dtype)).dtype)
-    array = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=tuple(shape))
-    tensor = torch.from_numpy(array)
-    return tensor.view(torch.bfloat16) if bf16 else tensor
 
 
 class _PartReader:
@@ -140,7 +169,9 @@ class _PartReader:
             self.factor = get_norm_scaling_factor(release, sae_id)
         else:
             self.format = "sae_lens"  # a Hub repo id: sae-lens' own format
-        self.tensors: dict[str, torch.Tensor] = {}
+        self.decoder: StoredTensor | None = None
+        self.transposed = False
+        self._whole_decoder: torch.Tensor | None = None
 
     def from_hub(self, repo_id: str, folder_name: str, device: str, force_download: bool,
                  cfg_overrides: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Tensor], None]:
@@ -164,37 +195,43 @@ class _PartReader:
         """The state dict sae-lens' loader makes from `file`, with the matrices left out as placeholders; None
         (read whole by sae-lens' own loader) for a compressed npz, an encoder that reads its decoder norms, or an
         embedding SAE (rescaled by sqrt(d_in) at load)."""
-        raw = mapped_npz(file) if self.format == "gemma_2" else mapped_safetensors(file)
-        if raw is None or cfg.get("rescale_acts_by_decoder_norm") or "embedding" in str(file):
+        stored = stored_npz(file) if self.format == "gemma_2" else stored_safetensors(file)
+        if stored is None or cfg.get("rescale_acts_by_decoder_norm") or "embedding" in str(file):
             self.whole = True
             return None
-        if self.format == "llama_scope":
-            state = {"W_enc": raw["encoder.weight"].T, "W_dec": raw["decoder.weight"].T, "b_enc": raw["encoder.bias"],
-                     "b_dec": raw["decoder.bias"],
-                     "threshold": torch.full((cfg["d_sae"],), float(cfg["jump_relu_threshold"]))}
+        if self.format == "llama_scope":  # nn.Linear weights: W_enc and W_dec are their transposes
+            names = {"W_enc": ("encoder.weight", True), "W_dec": ("decoder.weight", True),
+                     "b_enc": ("encoder.bias", False), "b_dec": ("decoder.bias", False)}
         else:
-            state = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in raw.items()}
-            _finetuning_scale(state, cfg)
-        self.tensors = state
+            names = {("W_" + key[2:] if key.startswith("w_") else key): (key, False) for key in stored}
+        self.decoder, self.transposed = stored[names["W_dec"][0]], names["W_dec"][1]
         dtype = torch.float32 if self.format == "gemma_2" else getattr(torch, cfg.get("dtype") or "float32")
-        folded = cfg.get("normalize_activations") == "expected_average_only_in" and self.factor is not None
-        self.folded = folded
-        out = {}
+        placeholders = {"W_dec": (cfg["d_sae"], cfg["d_in"])} | ({} if self.encoder else {"W_enc": (cfg["d_in"], cfg["d_sae"])})
+        state = {name: stored[key].mapped().T if transposed else stored[key].mapped()
+                 for name, (key, transposed) in names.items() if name not in placeholders}
+        if self.format == "llama_scope":
+            state["threshold"] = torch.full((cfg["d_sae"],), float(cfg["jump_relu_threshold"]))
+        else:
+            _finetuning_scale(state, cfg)
+        self.folded = cfg.get("normalize_activations") == "expected_average_only_in" and self.factor is not None
         for name, tensor in state.items():
-            if name == "W_dec" or (name == "W_enc" and not self.encoder):
-                out[name] = torch.zeros((), dtype=dtype, device=device).expand(tensor.shape)
-                continue
             tensor = tensor.to(dtype=dtype, device=device)
-            if folded and name in ("W_enc", "b_dec"):  # sae-lens folds after loading: W_enc * s, b_dec / s
+            if self.folded and name in ("W_enc", "b_dec"):  # sae-lens folds after loading: W_enc * s, b_dec / s
                 tensor = tensor * self.factor if name == "W_enc" else tensor / self.factor
-            out[name] = tensor
-        if folded:
-            cfg = {**cfg, "normalize_activations": "none"}
-        return cfg, out
+            state[name] = tensor
+        for name, shape in placeholders.items():
+            state[name] = torch.zeros((), dtype=dtype, device=device).expand(shape)
+        return ({**cfg, "normalize_activations": "none"} if self.folded else cfg), state
 
     def decoder_rows(self, ids: list[int]) -> torch.Tensor:
-        """Decoder rows `ids` as float32, with the activation-norm factor folded in (W_dec / s) as sae-lens does."""
-        rows = self.tensors["W_dec"][torch.as_tensor(ids, dtype=torch.long)].float()
+        """Decoder rows `ids` as float32, with the activation-norm factor folded in (W_dec / s) as sae-lens does.
+        A decoder stored transposed (Llama Scope) is read whole once: its rows are not contiguous in the file."""
+        if not self.transposed:
+            rows = self.decoder.rows(ids).float()
+        else:
+            if self._whole_decoder is None:
+                self._whole_decoder = self.decoder.mapped().T.float()
+            rows = self._whole_decoder[torch.as_tensor(ids, dtype=torch.long)]
         return rows / self.factor if self.folded else rows
 
 

@@ -25,7 +25,7 @@ from .sae_files import DecoderRows, decode_active, load_sae_parts
 from .sae_loading import check_sae_fits
 
 logger = logging.getLogger(__name__)
-TOKEN_CHUNK = 256  # tokens encoded at once: bounds the [tokens, d_sae] activations a batch holds
+CHUNK_ACTIVATIONS = 2**22  # floats of one [tokens, d_sae] activation block (16 MB): 256 tokens at d_sae 16k, 32 at 131k
 FIT_BATCHES = 16  # batches of each side whose scored tokens measure each SAE's reconstruction (explained variance)
 
 
@@ -177,7 +177,7 @@ def accumulate_feature_stats(
         sae, _, rows = saes[i]
         part = FeatureStats.zeros(sae.cfg.d_sae, device)
         fit = batch.index < FIT_BATCHES  # the fit needs a sample, not every token: decode a few batches only
-        for chunk in x.split(TOKEN_CHUNK):  # [tokens, d_sae] activations are the big tensors: a few at a time
+        for chunk in x.split(max(1, CHUNK_ACTIVATIONS // sae.cfg.d_sae)):  # activations are the big tensors
             acts = sae.encode(chunk)
             part.update(acts, chunk if fit else None, decode_active(sae, acts, rows) if fit else None)
         if gather:
