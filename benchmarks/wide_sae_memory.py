@@ -127,7 +127,8 @@ def main() -> None:
             if stage != "build":
                 results[stage] = json.loads(done.stdout.strip().splitlines()[-1])
     size = results["whole"]["sae_bytes"]
-    report = {"setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in
+    shown = lambda v: str(v.resolve().relative_to(ROOT)) if v.resolve().is_relative_to(ROOT) else str(v)  # noqa: E731
+    report = {"setup": {k: (shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in
                         ("stage", "cache")} | {"release": RELEASE, "d_sae": results["whole"]["d_sae"],
                                                "d_in": results["whole"]["d_in"], "sae_bytes": size},
               "stages": results,
