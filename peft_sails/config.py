@@ -181,11 +181,13 @@ class SAILSConfig(LoraConfig):
             "with the features of a single-process run, bit for bit. False: each process scores all the data."
         },
     )
-    saes_per_pass: int = field(
-        default=1,
+    saes_per_pass: Optional[int] = field(
+        default=None,
         metadata={
-            "help": "SAEs held in memory at once during selection. 1 (default) loads one layer's SAE at a time and "
-            "runs the data once per layer; len(sae_ids) runs it once in all, up to the deepest layer."
+            "help": "SAEs held in memory at once during selection; each pass runs the data up to the deepest of "
+            "its layers. None (default): as many consecutive layers' SAE encoders as fit in half the memory "
+            "available on the model's device (free GPU memory, or the system's available RAM), at least one; the "
+            "same on every process. 1: one SAE at a time (least memory, one pass per layer); len(sae_ids): one pass."
         },
     )
     max_length: int = field(default=512, metadata={"help": "Examples are truncated to this many tokens."})
@@ -233,8 +235,10 @@ class SAILSConfig(LoraConfig):
                 raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
         if self.a_scale is not None and not self.a_scale > 0:
             raise ValueError(f"`a_scale` must be positive (or None for LoRA's scale), got {self.a_scale!r}.")
-        if self.selection_batch_size <= 0 or self.max_length <= 0 or self.saes_per_pass <= 0:
-            raise ValueError("`selection_batch_size`, `max_length` and `saes_per_pass` must be positive.")
+        if self.selection_batch_size <= 0 or self.max_length <= 0 or (self.saes_per_pass or 1) <= 0:
+            raise ValueError("`selection_batch_size`, `max_length` and `saes_per_pass` must be positive "
+                             f"(saes_per_pass=None chooses from memory), got {self.selection_batch_size}, "
+                             f"{self.max_length}, {self.saes_per_pass}.")
         if (self.aligned_dataset is None) != (self.unaligned_dataset is None):
             raise ValueError("Name both `aligned_dataset` and `unaligned_dataset`, or neither.")
 

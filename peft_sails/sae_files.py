@@ -65,7 +65,8 @@ def load_sae_parts(release: str, sae_id: str, device: str | torch.device = "cpu"
         if not reader.whole:
             return sae, reader.decoder_rows
     logger.info("SAE %r of %r is read whole: its format cannot be read in parts.", sae_id, release)
-    return sae, lambda ids: sae.W_dec[ids].detach().float().cpu()
+    decoder = sae.W_dec.detach()  # this tensor, not the attribute, which decode_active swaps
+    return sae, lambda ids: decoder[ids].float().cpu()
 
 
 def decode_active(sae: SAE, acts: torch.Tensor, decoder_rows: DecoderRows, tokens: int = DECODE_TOKENS) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .sae_files import DecoderRows, decode_active, load_sae_parts
 from .sae_loading import check_sae_fits
 
 logger = logging.getLogger(__name__)
+SAE_MEMORY_SHARE = 0.5  # share of the free memory that saes_per_pass=None lets selection's SAE encoders take
 CHUNK_ACTIVATIONS = 2**22  # floats of one [tokens, d_sae] activation block (16 MB): 256 tokens at d_sae 16k, 32 at 131k
 FIT_BATCHES = 16  # batches of each side whose scored tokens measure each SAE's reconstruction (explained variance)
 
@@ -147,6 +148,57 @@ def distributed_shard() -> tuple[int, int]:
     return 0, 1
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free on `device`: free CUDA memory, or the system's available RAM (`MemAvailable`) for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def selection_bytes(d_in: int, d_sae: int) -> int:
+    """Memory one SAE holds during selection: its float32 encoder and the float64 sums of both sides."""
+    return 4 * d_in * d_sae + 2 * 3 * 8 * d_sae
+
+
+def plan_passes(layers: Sequence[int], sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Split `layers` (in order) into passes of consecutive layers whose SAEs (`sizes` bytes each) fit in `budget`
+    together; a layer whose SAE alone exceeds it gets a pass of its own."""
+    passes: list[list[int]] = []
+    used = budget + 1
+    for layer, size in zip(layers, sizes):
+        if used + size > budget:
+            passes.append([])
+            used = 0
+        passes[-1].append(layer)
+        used += size
+    return passes
+
+
+def _passes(model: nn.Module, config: SAILSConfig, device: torch.device) -> list[list[int]]:
+    """The layers of each selection pass: `config.saes_per_pass` at a time, or (None) as many as fit in
+    SAE_MEMORY_SHARE of the memory available, agreed on by every process (the smallest budget wins)."""
+    layers = config.layers
+    if config.saes_per_pass is not None:
+        return [layers[i:i + config.saes_per_pass] for i in range(0, len(layers), config.saes_per_pass)]
+    sizes = []
+    for layer in layers:  # configs and file headers only (whole SAEs only for formats not read in parts)
+        sae, _ = load_sae_parts(config.sae_release, config.sae_ids[layer], encoder=False)
+        sizes.append(selection_bytes(sae.cfg.d_in, sae.cfg.d_sae))
+    budget = int(SAE_MEMORY_SHARE * available_memory(device)) - 8 * 4 * CHUNK_ACTIVATIONS  # encode workspace
+    if dist.is_available() and dist.is_initialized() and config.shard_selection:
+        budgets: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(budgets, budget)
+        budget = min(budgets)
+    passes = plan_passes(layers, sizes, budget)
+    logger.info("SAILS selection: %d pass(es) %s for %.2f GB of SAE encoders, %.2f GB budget on %s "
+                "(set saes_per_pass to override).", len(passes), passes, sum(sizes) / 1e9, budget / 1e9, device)
+    return passes
+
+
 def accumulate_feature_stats(
     model: nn.Module,
     saes: Sequence[tuple[SAE, ResidualSite, DecoderRows]],
@@ -217,10 +269,11 @@ def select_features(
             To contrast harmful with benign *requests* instead, pass benign chats as `unaligned` and set
             `config.token_scope` to "prompt" or "last_prompt" (the benchmark's `sails-prompt` variant).
 
-    `config.saes_per_pass` SAEs are loaded at a time (default 1) and released once their layers are scored; each
-    forward pass stops at the deepest of their layers. Memory: the encoders of those SAEs (their decoders stay on
-    disk, memory-mapped: see `sae_files`), one batch of activations and O(d_sae) running sums per SAE and side; it
-    does not grow with the data. More SAEs per pass means fewer passes.
+    The SAEs of one pass are loaded together and released once their layers are scored; each forward pass stops at
+    the deepest of their layers. `config.saes_per_pass` SAEs make a pass; None (default) puts as many consecutive
+    layers in a pass as fit in SAE_MEMORY_SHARE (half) of the free memory of the model's device (logged). Memory:
+    the encoders of those SAEs (their decoders stay on disk: see `sae_files`), one batch of activations and O(d_sae)
+    running sums per SAE and side; it does not grow with the data. Fewer passes cost less time, not other features.
 
     Under torch.distributed (`accelerate launch`) with `config.shard_selection` (default), every process must call
     this: each scores only its share of the batches, the sums are gathered (as PEFT's EVA gathers its statistics),
@@ -236,11 +289,9 @@ def select_features(
     model.eval()
     features: dict[int, list[dict[str, float]]] = {}
     fits: dict[int, dict[str, float]] = {}
-    layers = config.layers
-    progress = tqdm(total=len(layers), desc="SAILS feature selection", disable=not show_progress)
+    progress = tqdm(total=len(config.layers), desc="SAILS feature selection", disable=not show_progress)
     try:
-        for start in range(0, len(layers), config.saes_per_pass):
-            chunk = layers[start:start + config.saes_per_pass]
+        for chunk in _passes(model, config, device):
             saes = []
             for layer in chunk:
                 sae, rows = load_sae_parts(config.sae_release, config.sae_ids[layer], device=device)

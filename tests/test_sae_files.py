@@ -73,6 +73,8 @@ def test_compressed_npz_is_read_whole(saes, caplog):
             sae, rows = load_sae_parts(*GEMMA)
         assert "read whole" in caplog.text
         assert sae.W_dec.stride() != (0, 0) and torch.equal(rows([3]), sae.W_dec[[3]].detach())
+        acts = sae.encode(torch.randn(40, sae.cfg.d_in) * 3)
+        torch.testing.assert_close(decode_active(sae, acts, rows, tokens=16), sae.decode(acts), rtol=1e-5, atol=1e-5)
     finally:
         blob.write_bytes(original)
     with zipfile.ZipFile(blob) as archive:

@@ -150,3 +150,25 @@ def test_sae_fit_is_measured_and_a_poor_fit_warns(llama, tokenizer, data, select
                                 show_progress=False)
     assert exact.sae_fit[1]["explained_variance"] == pytest.approx(1.0, abs=1e-5)
     assert "explains only" not in caplog.text
+
+
+def test_passes_are_planned_from_memory(llama, tokenizer, data, planted_saes, monkeypatch):
+    """saes_per_pass=None groups consecutive layers whose SAE encoders fit the memory budget; the features are the
+    same whatever the grouping."""
+    from peft_sails import selection
+    from peft_sails.selection import plan_passes, selection_bytes
+
+    assert plan_passes([5, 10, 15, 20], [4, 4, 4, 4], budget=8) == [[5, 10], [15, 20]]
+    assert plan_passes([5, 10, 15], [4, 9, 4], budget=8) == [[5], [10], [15]]  # too big alone: a pass of its own
+    assert plan_passes([5, 10], [4, 4], budget=1 << 40) == [[5, 10]]
+    assert selection_bytes(3584, 131072) == 4 * 3584 * 131072 + 48 * 131072
+    runs, real = {}, selection.accumulate_feature_stats
+    for name, free in (("all", 1 << 40), ("one", 1)):
+        monkeypatch.setattr(selection, "available_memory", lambda device, free=free: free)
+        passes = []
+        monkeypatch.setattr(selection, "accumulate_feature_stats",
+                            lambda model, saes, *a, **k: passes.append(len(saes)) or real(model, saes, *a, **k))
+        runs[name] = (select_features(llama, tokenizer, sails_config(), data[0], data[1], show_progress=False),
+                      passes)
+    assert runs["all"][1] == [2, 2] and runs["one"][1] == [1, 1, 1, 1]  # aligned + unaligned per pass
+    assert runs["all"][0].features == runs["one"][0].features
