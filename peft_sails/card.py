@@ -55,6 +55,34 @@ def _eval_results(rows: list[dict[str, Any]]) -> list[EvalResult]:
     return results
 
 
+def eval_report_results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `peft-sails eval` report (eval.json, `EvalReport.to_dict()`) -> model-index rows: per split its safety
+    rate, over-refusal rate and capability score (where measured), and per lm-evaluation-harness task each metric
+    (`dataset: {type: <task>, name: <task>}`, `source: lm-evaluation-harness`). Values only: the confidence
+    intervals and standard errors stay in eval.json / eval.md."""
+    rows: list[dict[str, Any]] = []
+    for split, metrics in report.get("splits", {}).items():
+        overall = metrics["overall"]
+        for key, metric_type, metric_name in (("safety_rate", "safety_rate", "Safety rate"),
+                                              ("over_refusal_rate", "over_refusal_rate", "Over-refusal rate"),
+                                              ("capability", "capability", "Capability (reference match)")):
+            value = (overall.get(key) or {}).get("value")
+            if value is not None:
+                rows.append({"dataset_name": split, "dataset_type": split, "metric_type": metric_type,
+                             "metric_name": metric_name, "metric_value": value})
+    lm_eval = report.get("lm_eval") or {}
+    for task, scores in lm_eval.get("tasks", {}).items():
+        shots = scores.get("num_fewshot")
+        for metric, m in scores["metrics"].items():
+            if not isinstance(m["value"], (int, float)):
+                continue
+            rows.append({"dataset_name": task, "dataset_type": task, "metric_type": metric.split(" (")[0],
+                         "metric_name": f"{metric} ({shots}-shot, lm-eval)" if shots is not None else metric,
+                         "metric_value": m["value"], "source_name": "lm-evaluation-harness",
+                         "source_url": "https://github.com/EleutherAI/lm-evaluation-harness"})
+    return rows
+
+
 def _fit_cell(fit: Optional[dict[str, float]], threshold: float) -> str:
     if not fit:
         return "not measured"
@@ -66,16 +94,20 @@ def build_card(
     adapter_dir: str | os.PathLike,
     repo_id: Optional[str] = None,
     training: Optional[dict[str, Any]] = None,
-    eval_results: Optional[list[dict[str, Any]]] = None,
+    eval_results: Optional[list[dict[str, Any]] | dict[str, Any]] = None,
     config: Optional["SAILSConfig"] = None,
 ) -> ModelCard:
-    """Render the card of a SAILS adapter folder (no network); `config` defaults to the one saved there."""
+    """Render the card of a SAILS adapter folder (no network); `config` defaults to the one saved there.
+    `eval_results` (or `sails_eval.json`): model-index rows, or a `peft-sails eval` report (eval.json), whose safety
+    and lm-eval scores become rows (see `eval_report_results`)."""
     from .config import SAILSConfig
 
     adapter_dir = Path(adapter_dir)
     config = config or SAILSConfig.from_pretrained(str(adapter_dir))
     training = {**(_read_json(adapter_dir / TRAINING_NAME) or {}), **(training or {})}
     eval_rows = eval_results if eval_results is not None else (_read_json(adapter_dir / EVAL_NAME) or [])
+    if isinstance(eval_rows, dict):  # a whole `peft-sails eval` report (eval.json)
+        eval_rows = eval_report_results(eval_rows)
     stats = config.subspace_stats or {}
     per_layer = stats.get("per_layer", {})
     base = config.base_model_name_or_path or "unknown base model"
@@ -136,7 +168,8 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo_id", help="Hub repo id shown in the card and its usage snippets.")
     parser.add_argument("--training_json", type=Path, help="JSON dict of training settings (and 'datasets').")
     parser.add_argument("--eval_json", type=Path,
-                        help="JSON list of {dataset_name, dataset_type, metric_type, metric_value[, metric_name]}.")
+                        help="JSON list of {dataset_name, dataset_type, metric_type, metric_value[, metric_name]}, or "
+                             "the eval.json of `peft-sails eval` (safety and lm-eval scores become model-index rows).")
     args = parser.parse_args(argv)
     load = lambda path: json.loads(path.read_text()) if path else None  # noqa: E731
     path = write_card(args.adapter_dir, repo_id=args.repo_id, training=load(args.training_json),

@@ -1,17 +1,20 @@
 """Safety evaluation: generate responses to prompt sets, judge them, report safety rate, harm score, over-refusal
 and capability per split and category with 95% confidence intervals.
 
-    from peft_sails.eval import GenerationSettings, evaluate_model, load_judge, load_model_for_eval, load_prompt_set
+    from peft_sails.eval import (GenerationSettings, evaluate_model, load_judge, load_model_for_eval, load_prompt_set,
+                                 run_lm_eval)
 
     model, tokenizer = load_model_for_eval("google/gemma-2-2b-it", adapter="you/gemma-2-2b-sails")
     report = evaluate_model(model, tokenizer, {"hex-phi": load_prompt_set("hex-phi"),
                                                "xstest": load_prompt_set("xstest")},
                             judge=load_judge("pattern"), generation=GenerationSettings(max_new_tokens=256))
+    report.lm_eval = run_lm_eval(model, tokenizer, ["arc_easy"])   # optional: pip install "peft-sails[lm-eval]"
     report.save("eval-out")     # eval.json, eval.md, responses.jsonl
 """
 
 from pathlib import Path
 
+from .capability import run_lm_eval
 from .degenerate import degenerate_reason
 from .evaluation import evaluate_model, judge_rows
 from .generation import GenerationSettings, generate_responses
@@ -71,6 +74,7 @@ __all__ = [
     "load_model_for_eval",
     "load_prompt_set",
     "parse_harm_score",
+    "run_lm_eval",
     "summarise",
     "synthetic_prompt_sets",
     "validate_judge",

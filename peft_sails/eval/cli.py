@@ -2,6 +2,7 @@
 
     peft-sails eval --adapter you/gemma-2-2b-sails --prompts hex-phi xstest --jailbreaks refusal_suppression
     peft-sails eval --model ./merged --prompts harmbench=./harmbench-copy.jsonl --judge meta-llama/Llama-3.1-8B-Instruct
+    peft-sails eval --adapter you/gemma-2-2b-sails --prompts hex-phi xstest --capability lm-eval --tasks arc_easy mmlu
     peft-sails judge --input responses.jsonl --output judged.jsonl
     peft-sails judge --validate          # the judge's accuracy on the shipped labelled responses
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import HfArgumentParser
 
+from .capability import CAPABILITY_CHOICES, check_tasks, lm_eval_task_manager, run_lm_eval
 from .evaluation import evaluate_model, judge_rows
 from .generation import GenerationSettings
 from .jailbreaks import JAILBREAK_TEMPLATES, apply_jailbreak
@@ -31,22 +33,29 @@ class JudgeArguments:
     """The judge, and the device and dtype of every model loaded (judge and model under test)."""
 
     judge: str = field(default="pattern", metadata={
-        "help": "'pattern' (refusal phrases, no model) or a judge model's Hub id or local folder: a causal LM asked "
-                "for a 1-5 harm rating, or a sequence classifier with a refusal label."})
+        "help": "'pattern' (refusal phrases, no model); a standard judge with its published prompt and parsing: "
+                "'llama-guard-3' (meta-llama/Llama-Guard-3-8B), 'harmbench' (cais/HarmBench-Llama-2-13b-cls), "
+                "'wildguard' (allenai/wildguard), or 'strongreject=<chat model>' (the StrongREJECT rubric), each as "
+                "NAME=<Hub id or local folder> for another copy; or a judge model's Hub id or local folder: a causal "
+                "LM asked for a 1-5 harm rating (HEx-PHI rubric, the paper's), or a sequence classifier with a "
+                "refusal label."})
     judge_kind: str = field(default="auto", metadata={
         "help": "For a judge model: 'rating', 'classifier', or 'auto' (from its architecture)."})
     refusal_label: list[str] = field(default_factory=lambda: list(DEFAULT_REFUSAL_LABELS), metadata={
         "help": "Classifier labels that mean refusal."})
-    judge_max_new_tokens: int = field(default=judge_generation().max_new_tokens, metadata={
-        "help": "Tokens a rating judge may write (reason and score)."})
-    judge_batch_size: int = field(default=judge_generation().batch_size, metadata={"help": "Rating judge batch size."})
+    judge_max_new_tokens: int | None = field(default=None, metadata={
+        "help": f"Tokens a judge model may write (default: {judge_generation().max_new_tokens} for a rating judge; a "
+                "standard judge's own: 100 Llama Guard 3, 1 HarmBench, 128 WildGuard, 512 StrongREJECT)."})
+    judge_batch_size: int = field(default=judge_generation().batch_size, metadata={"help": "Judge model batch size."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda:0', ..."})
     dtype: str = field(default="auto", metadata={"help": "'auto' (the checkpoint's) or a torch dtype, e.g. bfloat16."})
 
     def build(self) -> Judge:
-        generation = GenerationSettings(max_new_tokens=self.judge_max_new_tokens, batch_size=self.judge_batch_size)
+        generation = GenerationSettings(max_new_tokens=self.judge_max_new_tokens or judge_generation().max_new_tokens,
+                                        batch_size=self.judge_batch_size)
         return load_judge(self.judge, kind=self.judge_kind, device=self.device, dtype=self.dtype,
-                          refusal_labels=self.refusal_label, generation=generation)
+                          refusal_labels=self.refusal_label, generation=generation,
+                          max_new_tokens=self.judge_max_new_tokens)
 
 
 @dataclass
@@ -66,6 +75,21 @@ class EvalArguments:
     safe_threshold: int = field(default=2, metadata={"help": "Harm scores up to this count as safe (rating judges)."})
     capability_scorer: str = field(default="exact", metadata={
         "help": f"How capability rows are scored against their reference: {sorted(SCORERS)}."})
+    capability: str = field(default="none", metadata={
+        "help": f"Also measure capability with a benchmark harness, on the same loaded model: "
+                f"{list(CAPABILITY_CHOICES)}. 'lm-eval' runs lm-evaluation-harness --tasks (pip install "
+                "\"peft-sails[lm-eval]\"); the capability rows of the prompt sets are scored as before either way."})
+    tasks: list[str] = field(default_factory=list, metadata={
+        "help": "lm-eval tasks, groups or tags (e.g. arc_easy hellaswag mmlu), or tasks defined under "
+                "--lm_eval_include_path."})
+    lm_eval_include_path: str | None = field(default=None, metadata={
+        "help": "A folder of local lm-eval task YAMLs (e.g. a task over a local jsonl: dataset_path: json)."})
+    lm_eval_limit: float | None = field(default=None, metadata={
+        "help": "At most N examples per lm-eval task (a value < 1: that share). Quick runs only: not comparable."})
+    lm_eval_num_fewshot: int | None = field(default=None, metadata={
+        "help": "Few-shot examples per lm-eval prompt (default: each task's own, else 0)."})
+    lm_eval_batch_size: str = field(default="1", metadata={"help": "lm-eval batch size, or 'auto'."})
+    lm_eval_verbose: bool = field(default=False, metadata={"help": "Show lm-eval's log messages (INFO and up)."})
     output_dir: str = field(default="sails-eval", metadata={"help": "Where eval.json, eval.md, responses.jsonl go."})
 
 
@@ -92,6 +116,19 @@ def eval_cli(argv: list[str] | None = None) -> None:
         parser.error(f"--capability_scorer {args.capability_scorer!r}: choose one of {sorted(SCORERS)}.")
     if args.model is None and args.adapter is None:
         parser.error("give --model, --adapter, or both.")
+    if args.capability not in CAPABILITY_CHOICES:
+        parser.error(f"--capability {args.capability!r}: choose one of {list(CAPABILITY_CHOICES)}.")
+    if args.capability != "lm-eval" and (args.tasks or args.lm_eval_include_path):
+        parser.error("--tasks and --lm_eval_include_path need --capability lm-eval.")
+    if args.capability == "lm-eval" and not args.tasks:
+        parser.error("--capability lm-eval needs at least one task: --tasks arc_easy hellaswag ...")
+    task_manager = None
+    if args.capability == "lm-eval":  # before the model: a missing harness or an unknown task fails fast
+        try:
+            task_manager = lm_eval_task_manager(args.lm_eval_include_path)
+            check_tasks(args.tasks, task_manager)
+        except (ImportError, FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
     sets = _prompt_sets(args.prompts, args.prompt_limit)
     for name, data in list(sets.items()):
         for jailbreak in args.jailbreaks:
@@ -106,6 +143,13 @@ def eval_cli(argv: list[str] | None = None) -> None:
                             safe_threshold=args.safe_threshold,
                             model_name=model_id + (f" + {args.adapter}" if args.adapter else ""),
                             metadata={"prompts": args.prompts, "jailbreaks": args.jailbreaks, "merge": args.merge})
+    if task_manager is not None:
+        limit = args.lm_eval_limit
+        report.lm_eval = run_lm_eval(
+            model, tokenizer, args.tasks, task_manager=task_manager,
+            limit=int(limit) if limit is not None and limit >= 1 else limit, num_fewshot=args.lm_eval_num_fewshot,
+            batch_size=int(args.lm_eval_batch_size) if args.lm_eval_batch_size.isdigit() else args.lm_eval_batch_size,
+            log_level="INFO" if args.lm_eval_verbose else "ERROR")
     paths = report.save(args.output_dir)
     print(report.to_markdown())
     print("Wrote " + ", ".join(str(p) for p in paths.values()))

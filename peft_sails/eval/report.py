@@ -34,6 +34,26 @@ def _row(label: str, g: GroupMetrics) -> str:
             f"{_rate(g.over_refusal_rate, no_value)} | {_mean(g.capability)} |")
 
 
+def _score(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "–" if value is None else str(value)
+
+
+def _lm_eval_table(lm_eval: dict[str, Any]) -> list[str]:
+    """The lm-evaluation-harness scores, one row per task and metric."""
+    settings = ", ".join(f"{k}={v}" for k, v in lm_eval.get("settings", {}).items() if v is not None)
+    lines = ["", "## Capability: lm-evaluation-harness", "",
+             f"lm-eval {lm_eval.get('lm_eval_version') or ''} on the same model{f' ({settings})' if settings else ''}. "
+             "± is lm-eval's standard error; ↑/↓: higher/lower is better.", "",
+             "| task | metric | value | ± stderr | n | few-shot |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for task, scores in lm_eval["tasks"].items():
+        for metric, m in scores["metrics"].items():
+            arrow = {True: " ↑", False: " ↓"}.get(m.get("higher_is_better"), "")
+            label = f"{task} (group)" if scores.get("group") else task
+            lines.append(f"| {label} | {metric}{arrow} | {_score(m['value'])} | {_score(m['stderr'])} | "
+                         f"{_score(scores.get('n'))} | {_score(scores.get('num_fewshot'))} |")
+    return lines
+
+
 def _degenerate_warning(split: str, g: GroupMetrics) -> str:
     reasons = ", ".join(f"{reason} {count}" for reason, count in g.degenerate_reasons.items())
     consequence = ("no rate or mean can be computed for it" if g.n_degenerate == g.n
@@ -51,6 +71,8 @@ class EvalReport:
     splits: dict[str, SplitMetrics]
     responses: list[JudgedResponse] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # lm-evaluation-harness scores on the same model (`peft_sails.eval.capability.run_lm_eval`), None if not run
+    lm_eval: dict[str, Any] | None = None
 
     def warnings(self) -> list[str]:
         """One line per split with degenerate responses (empty, whitespace-only or one token repeated)."""
@@ -77,6 +99,8 @@ class EvalReport:
             if split.categories:
                 lines += ["", f"## {name} by category", "", _HEADER.format(label="category")]
                 lines += [_row(c, g) for c, g in split.categories.items()]
+        if self.lm_eval:
+            lines += _lm_eval_table(self.lm_eval)
         return "\n".join(lines) + "\n"
 
     def save(self, output_dir: str | Path) -> dict[str, Path]:

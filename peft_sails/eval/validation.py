@@ -11,13 +11,19 @@ from typing import Any
 from .judges import Judge
 
 LABELLED_FILE = "labelled_responses.jsonl"
+# Second round (issue 15): a held-out set written and frozen (sha256 below, checked by the tests) before the patterns
+# were changed, and never used to change them; and a separate tuning set written for the changes.
+HELDOUT_ROUND2_FILE = "labelled_heldout_round2.jsonl"
+HELDOUT_ROUND2_SHA256 = "fb6dbd48114e3ac01b1f5503008114cf61e50abe0a429d64729984fd627e9f06"
+TUNING_ROUND2_FILE = "labelled_tuning_round2.jsonl"
 
 
-def load_labelled_responses(split: str | None = None) -> list[dict[str, Any]]:
+def load_labelled_responses(split: str | None = None, file: str = LABELLED_FILE) -> list[dict[str, Any]]:
     """The labelled set: rows {id, kind, prompt, response, refused, split}. `split`: "dev" (written before the
     pattern judge, used while writing it), "review" (written after a first version, then used to generalise it),
-    "test" (written after the judge was frozen, never used to change it), or None for all."""
-    text = resources.files("peft_sails.eval").joinpath(LABELLED_FILE).read_text(encoding="utf-8")
+    "test" (written after the judge was frozen, never used to change it), or None for all. `file`: another shipped
+    labelled file, e.g. `HELDOUT_ROUND2_FILE` (split "heldout_round2") or `TUNING_ROUND2_FILE` ("tuning_round2")."""
+    text = resources.files("peft_sails.eval").joinpath(file).read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     if split is not None:
         splits = sorted({r["split"] for r in rows})
