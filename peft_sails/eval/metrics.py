@@ -80,7 +80,7 @@ class JudgedResponse:
     kind: str = "harmful"
     category: str = ""
     refused: bool = False
-    harm_score: int | None = None
+    harm_score: float | None = None  # 1-5; StrongREJECT gives half steps
     unparseable: bool = False
     capability_score: float | None = None
     original_prompt: str | None = None  # the request before a jailbreak wrapper, as the judge saw it
