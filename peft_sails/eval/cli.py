@@ -25,7 +25,7 @@ from .judges import DEFAULT_REFUSAL_LABELS, Judge, judge_generation, load_judge
 from .model_loading import base_model_of, load_model_for_eval
 from .prompt_sets import PROMPT_SETS, load_prompt_set, synthetic_prompt_sets
 from .scoring import SCORERS
-from .validation import load_labelled_responses, validate_judge
+from .validation import HELDOUT_ROUND2_FILE, load_labelled_responses, validate_judge
 
 
 @dataclass
@@ -181,6 +181,8 @@ def judge_cli(argv: list[str] | None = None) -> None:
         for split in [*sorted({r["split"] for r in load_labelled_responses()}), None]:
             measured = validate_judge(judge, load_labelled_responses(split))
             results[split or "all"] = {k: v for k, v in measured.items() if k != "errors"}
+        measured = validate_judge(judge, load_labelled_responses(file=HELDOUT_ROUND2_FILE))
+        results["heldout_round2"] = {k: v for k, v in measured.items() if k != "errors"}
         print(json.dumps(results, indent=2))
         return
     with open(files.input, encoding="utf-8") as f:
