@@ -11,19 +11,24 @@
     model = get_peft_model(model, config)
 """
 
-from .config import SAILSConfig
-from .initialization import initialize_sails_weights
-from .loading import load_sails_adapter
-from .model import SailsModel
-from .registration import register
-from .selection import rank_features, select_features
-from .subspace import build_subspace
+from .quiet import hold_import_notices
+
+hold_import_notices()  # only in our own commands: bitsandbytes' notice when peft imports it (see peft_sails.quiet)
+
+from .config import SAILSConfig  # noqa: E402
+from .initialization import get_sails_state_dict, initialize_sails_weights  # noqa: E402
+from .loading import load_sails_adapter  # noqa: E402
+from .model import SailsModel  # noqa: E402
+from .registration import register  # noqa: E402
+from .selection import rank_features, select_features  # noqa: E402
+from .subspace import build_subspace  # noqa: E402
 
 __version__ = "0.2.0"
 __all__ = [
     "SAILSConfig",
     "SailsModel",
     "build_subspace",
+    "get_sails_state_dict",
     "initialize_sails_weights",
     "load_sails_adapter",
     "rank_features",

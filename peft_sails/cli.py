@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from .quiet import quiet_libraries, verbose_requested
+
 COMMANDS = {  # name: (module, function taking argv, help)
     "quickstart": ("peft_sails.quickstart", "cli", "Run the whole SAILS pipeline offline on a tiny model and SAEs built here."),
     "eval": ("peft_sails.eval.cli", "eval_cli", "Generate answers to prompt sets and judge them: safety rate, over-refusal."),
@@ -28,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
     module_name, function, _ = COMMANDS[argv[0]]
     sys.argv = [f"peft-sails {argv[0]}", *argv[1:]]
-    getattr(importlib.import_module(module_name), function)(argv[1:])
+    # every command prints its own bars and results only; its `--verbose` brings the libraries' output back
+    with quiet_libraries(verbose_requested(argv[1:])):
+        getattr(importlib.import_module(module_name), function)(argv[1:])
 
 
 if __name__ == "__main__":

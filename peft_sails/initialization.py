@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SAILSConfig
-from .residual import check_not_partitioned, decoder_layers, model_device
+from .residual import check_not_partitioned, decoder_layers, gathered, model_device
 from .sae_files import load_sae_parts
 from .sae_loading import check_sae_fits
 from .subspace import Subspace, principal_directions, build_subspace, directions_for_variance, orthonormalize_rows
@@ -37,6 +37,7 @@ def decoder_rows_of_features(
 
     Returns the rows per layer and each SAE's metadata (hook, width, Neuronpedia id) for the model card.
     """
+    model_device(model)  # a clear error if the weights are on the meta device
     rows, info = {}, {}
     for layer in tqdm(config.layers, desc="SAILS subspace: loading SAEs", disable=not show_progress):
         ids = [f["id"] for f in config.features.get(layer, [])]
@@ -171,52 +172,73 @@ def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig
     stock_config.init_lora_weights = True
     counts = {"n_reader_modules": 0, "n_writer_modules": 0, "n_default_init": 0}
     default_init = []
-    _check_whole(model, blocks, adapter_name, config)  # before anything is written
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
-            continue
-        rank = module.r[adapter_name]
-        if module.lora_A[adapter_name].weight.is_meta:
-            module.update_layer(adapter_name, r=rank, lora_alpha=module.lora_alpha[adapter_name], config=stock_config)
-        role = module_role(name, config)
-        if role is None or (role == "writer" and config.writer_init == "lora"):
-            default_init.append(name)
-            continue
-        lora_a, lora_b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
-        width = lora_a.shape[1] if role == "reader" else lora_b.shape[0]
-        if width != hidden:
-            raise ValueError(
-                f"{name} is listed as a {role} of the residual stream but its {'input' if role == 'reader' else 'output'} "
-                f"width is {width}, not hidden_size={hidden}; fix reader_modules/writer_modules."
-            )
-        vectors = module_basis(blocks, name, role, subspace.basis[:rank], config) * scale
-        if role == "reader":
-            lora_a.copy_(vectors.to(lora_a))
-            lora_b.zero_()
-        else:
-            lora_b.copy_(vectors.T.to(lora_b))
-            lora_a.zero_()
-        counts[f"n_{role}_modules"] += 1
+    weights = _weights_read_or_written(model, blocks, adapter_name, config)
+    # ZeRO-3: the LoRA and norm weights (not the base weights) are made whole on every process; what rank 0 writes
+    # is partitioned again on exit.
+    with gathered([param for _, param in weights], modifier_rank=0):
+        for name, param in weights:  # before anything is written
+            check_not_partitioned(param, name)
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
+                continue
+            rank = module.r[adapter_name]
+            if module.lora_A[adapter_name].weight.is_meta:
+                module.update_layer(adapter_name, r=rank, lora_alpha=module.lora_alpha[adapter_name],
+                                    config=stock_config)
+            role = module_role(name, config)
+            if role is None or (role == "writer" and config.writer_init == "lora"):
+                default_init.append(name)
+                continue
+            lora_a, lora_b = module.lora_A[adapter_name].weight, module.lora_B[adapter_name].weight
+            width = lora_a.shape[1] if role == "reader" else lora_b.shape[0]
+            if width != hidden:
+                raise ValueError(
+                    f"{name} is listed as a {role} of the residual stream but its "
+                    f"{'input' if role == 'reader' else 'output'} width is {width}, not hidden_size={hidden}; fix "
+                    "reader_modules/writer_modules."
+                )
+            vectors = module_basis(blocks, name, role, subspace.basis[:rank], config) * scale
+            if role == "reader":
+                lora_a.copy_(vectors.to(lora_a))
+                lora_b.zero_()
+            else:
+                lora_b.copy_(vectors.T.to(lora_b))
+                lora_a.zero_()
+            counts[f"n_{role}_modules"] += 1
+        # After deepspeed.initialize the ZeRO-3 optimizer holds fp32 partitions of the trainable weights, which its
+        # first step would copy back over what was written: set them too.
+        engine_owned = [(param, param.detach().clone()) for _, param in weights
+                        if param.requires_grad and hasattr(param, "_z3_optimizer")]
+    if engine_owned:
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for param, value in engine_owned:
+            safe_set_full_fp32_param(param, value)
     counts["n_default_init"] = len(default_init)
-    counts["n_adapter_params"] = sum(p.numel() for n, p in model.named_parameters() if f".{adapter_name}." in n and "lora_" in n)
-    counts["n_base_params"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    counts["n_adapter_params"] = sum(_full_numel(p) for n, p in model.named_parameters()
+                                     if f".{adapter_name}." in n and "lora_" in n)
+    counts["n_base_params"] = sum(_full_numel(p) for n, p in model.named_parameters() if "lora_" not in n)
     if default_init and config.writer_init != "lora":
         logger.warning("SAILS: %d modules are neither readers nor writers and keep LoRA's default init: %s",
                        len(default_init), default_init[:8])
     return counts
 
 
-def _check_whole(model: nn.Module, blocks: nn.ModuleList, adapter_name: str, config: SAILSConfig) -> None:
-    """Every LoRA weight SAILS writes and every norm weight it reads is whole on this process (not a ZeRO-3 shard)."""
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            for factor in (module.lora_A[adapter_name], module.lora_B[adapter_name]):
-                check_not_partitioned(factor.weight, f"{name} LoRA weight")
+def _full_numel(param: torch.Tensor) -> int:
+    return getattr(param, "ds_numel", param.numel())  # a ZeRO-3 shard's full size
+
+
+def _weights_read_or_written(
+    model: nn.Module, blocks: nn.ModuleList, adapter_name: str, config: SAILSConfig
+) -> list[tuple[str, nn.Parameter]]:
+    """The LoRA weights SAILS writes and the norm weights it reads (with norm mapping), named for error messages."""
+    weights = [(f"{name} LoRA weight", factor[adapter_name].weight) for name, module in model.named_modules()
+               if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+               for factor in (module.lora_A, module.lora_B)]
     if config.norm_mapping != "none":
-        for index, block in enumerate(blocks):
-            for name, param in block.named_parameters():
-                if "norm" in name:
-                    check_not_partitioned(param, f"layers.{index}.{name}")
+        weights += [(f"layers.{index}.{name}", param) for index, block in enumerate(blocks)
+                    for name, param in block.named_parameters() if "norm" in name]
+    return weights
 
 
 def initialize_sails_weights(
@@ -224,11 +246,15 @@ def initialize_sails_weights(
     adapter_name: str = "default",
     config: Optional[SAILSConfig] = None,
     show_progress: bool = True,
-) -> Subspace:
+    sails_state_dict: Optional[dict[str, torch.Tensor]] = None,
+) -> Optional[Subspace]:
     """Initialise the LoRA weights of `adapter_name` in the SAILS subspace, in place; return the subspace.
 
     Call it after `get_peft_model(model, config, low_cpu_mem_usage=True)` (weights left on the meta device are
-    created here), or let `get_peft_model` call it. For each adapted module:
+    created here), or let `get_peft_model` call it. With `sails_state_dict` (from `get_sails_state_dict`, e.g.
+    computed once on the full-precision model for a 4-bit QLoRA run) nothing is computed and no SAE is loaded:
+    the state dict is checked against the adapter (keys and shapes; nothing is written on a mismatch), written
+    into it, and None is returned. For each adapted module:
 
     - readers of the residual stream (`config.reader_modules`, e.g. q/k/v/gate/up): `lora_A` rows span the basis
       divided by the scale `s` of the module's input RMSNorm (`norm_mapping="residual"`), so that, as the module
@@ -243,6 +269,9 @@ def initialize_sails_weights(
     Memory: one SAE at a time, then only the selected decoder rows and an `[r, d_model]` basis.
     """
     config = config or getattr(model, "module", model).peft_config[adapter_name]  # through DDP-style wrappers
+    if sails_state_dict is not None:
+        _load_sails_state_dict(model, sails_state_dict, adapter_name, config)
+        return None
     if not config.features:
         raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
     subspace, stats = compute_sails_subspace(base_model_of(model), config, show_progress)
@@ -253,3 +282,125 @@ def initialize_sails_weights(
 def apply_subspace(model: nn.Module, adapter_name: str, config: SAILSConfig, subspace: Subspace, stats: dict) -> None:
     """Write `subspace` into the adapter and record the statistics in `config.subspace_stats`."""
     config.subspace_stats = {**stats, **write_sails_weights(model, adapter_name, config, subspace)}
+
+
+_LORA_FACTORS = ("lora_A", "lora_B")
+_STATE_DICT_ADAPTER = "sails_state_dict"  # the temporary adapter `get_sails_state_dict` adds to a PeftModel
+
+
+@torch.no_grad()
+def get_sails_state_dict(
+    model: nn.Module,
+    config: Optional[SAILSConfig] = None,
+    adapter_name: str = "default",
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Compute the SAILS initialisation of an adapter and return it as a state dict; the model is left as it was.
+
+    The keys are those of `peft.get_peft_model_state_dict` (e.g.
+    `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`), one `lora_A` and one `lora_B` per adapted
+    module, holding exactly what `get_peft_model(model, config)` writes (modules that are neither readers nor
+    writers carry PEFT's default values, so every process that loads the state dict starts from the same adapter).
+
+    The QLoRA workflow, as with PEFT's `get_eva_state_dict`: compute this once on the full-precision model, then
+
+        peft_model = get_peft_model(model_4bit, config, low_cpu_mem_usage=True)  # no SAE is loaded
+        initialize_sails_weights(peft_model, sails_state_dict=state_dict)
+
+    (plain PEFT's `set_peft_model_state_dict(peft_model, state_dict)` loads it too). SAILS reads no Linear weight,
+    only RMSNorm weights and the SAEs' decoder rows, so no quantized weight is ever read.
+
+    Args:
+        model: a transformers model, or a PeftModel. A transformers model gets the adapter injected and removed
+            again (`unload`); a PeftModel gets a temporary adapter, deleted afterwards.
+        config: the `SAILSConfig`, with `features` set; defaults to `model.peft_config[adapter_name]`. Its
+            `subspace_stats` are filled as `get_peft_model` fills them: give the same config to the model that
+            loads the state dict, so that its model card reports them.
+        adapter_name: the adapter whose config is the default `config` (the keys do not depend on it).
+        show_progress: show a progress bar while the SAEs load.
+
+    Returns:
+        float32 tensors on the model's device. Memory: that of `get_peft_model` (one SAE at a time), plus the
+        adapter's weights.
+    """
+    from peft import PeftModel, get_peft_model, get_peft_model_state_dict
+
+    wrapped = getattr(model, "module", model)  # DistributedDataParallel and friends
+    config = config or wrapped.peft_config[adapter_name]
+    if not config.features:
+        raise ValueError("The SAILSConfig has no `features`: run peft_sails.select_features first.")
+    work = copy.deepcopy(config)
+    if isinstance(wrapped, PeftModel):
+        wrapped.add_adapter(_STATE_DICT_ADAPTER, work)
+        try:
+            state = get_peft_model_state_dict(wrapped, adapter_name=_STATE_DICT_ADAPTER, save_embedding_layers=False)
+        finally:
+            wrapped.delete_adapter(_STATE_DICT_ADAPTER)
+    else:
+        if hasattr(wrapped, "peft_config"):
+            raise ValueError(
+                "The model holds PEFT adapters but is not a PeftModel (e.g. transformers' `add_adapter`): pass the "
+                "base model without adapters, or the PeftModel."
+            )
+        requires_grad = {name: param.requires_grad for name, param in wrapped.named_parameters()}
+        peft_model = get_peft_model(wrapped, work, adapter_name=adapter_name)
+        try:
+            state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
+        finally:
+            peft_model.unload()  # takes the LoRA layers (and `model.peft_config`) out again
+            for name, param in wrapped.named_parameters():  # get_peft_model froze the base weights
+                param.requires_grad_(requires_grad[name])
+    config.subspace_stats = work.subspace_stats
+    return {key: value for key, value in state.items() if key.endswith((".lora_A.weight", ".lora_B.weight"))}
+
+
+@torch.no_grad()
+def _load_sails_state_dict(
+    model: nn.Module, sails_state_dict: dict[str, torch.Tensor], adapter_name: str, config: SAILSConfig
+) -> None:
+    """Write a `get_sails_state_dict` result into the LoRA weights of `adapter_name` (weights still on the meta
+    device are created first), cast to each weight's dtype and device. Keys and shapes are checked against every
+    LoRA module of the adapter before anything is written."""
+    wrapped = getattr(model, "module", model)
+    modules = {n: m for n, m in wrapped.named_modules() if isinstance(m, LoraLayer) and adapter_name in m.lora_A}
+    if not modules:
+        raise ValueError(
+            f"The model has no LoRA layer of adapter '{adapter_name}': create it first, e.g. with "
+            "get_peft_model(model, config, low_cpu_mem_usage=True)."
+        )
+    expected = {f"{name}.{factor}.weight": (name, factor) for name in modules for factor in _LORA_FACTORS}
+    missing = sorted(expected.keys() - sails_state_dict.keys())
+    unexpected = sorted(sails_state_dict.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"The SAILS state dict does not fit adapter '{adapter_name}': {len(missing)} keys missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}. Compute it with get_sails_state_dict "
+            "for the same architecture and target_modules, and load it into the PeftModel (the keys are those of "
+            "peft.get_peft_model_state_dict)."
+        )
+    mismatched = []
+    for key, (name, factor) in expected.items():
+        weight = getattr(modules[name], factor)[adapter_name].weight
+        check_not_partitioned(weight, f"{name} LoRA weight")
+        if tuple(weight.shape) != tuple(sails_state_dict[key].shape):
+            mismatched.append(f"{name}.{factor}: the adapter has shape {tuple(weight.shape)}, the state dict "
+                              f"{tuple(sails_state_dict[key].shape)}")
+    if mismatched:
+        raise ValueError(
+            f"The SAILS state dict does not fit adapter '{adapter_name}' ({len(mismatched)} weights differ; was it "
+            f"computed with another r or rank_pattern?): " + "; ".join(mismatched[:3])
+        )
+    stock_config = copy.copy(config)
+    stock_config.init_lora_weights = True
+    for name, module in modules.items():
+        if module.lora_A[adapter_name].weight.is_meta:
+            # update_layer creates the weights in the base layer's dtype (a 4-bit layer's compute dtype, e.g. bf16);
+            # keep the dtype get_peft_model gave the meta weights (float32 with its default autocast_adapter_dtype)
+            dtype = module.lora_A[adapter_name].weight.dtype
+            module.update_layer(adapter_name, r=module.r[adapter_name], lora_alpha=module.lora_alpha[adapter_name],
+                                config=stock_config)
+            for factor in _LORA_FACTORS:
+                getattr(module, factor)[adapter_name].to(dtype)
+        for factor in _LORA_FACTORS:
+            weight = getattr(module, factor)[adapter_name].weight
+            weight.copy_(sails_state_dict[f"{name}.{factor}.weight"].to(weight))

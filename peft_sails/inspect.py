@@ -42,6 +42,7 @@ from .card import NEURONPEDIA
 from .config import SAILSConfig
 from .data import iter_scored_batches, to_chat
 from .initialization import LAYER_INDEX, Role, base_model_of, compute_sails_subspace, module_role, residual_factor
+from .quiet import quiet_libraries
 from .residual import decoder_layers
 from .sae_files import load_sae_parts
 from .sae_loading import check_sae_fits
@@ -545,17 +546,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="Model dtype: auto, bfloat16, float32...")
     parser.add_argument("--device", default=None, help="Device (default: the first GPU, else the CPU).")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument("--verbose", action="store_true", help="Show the libraries' own progress bars, logs and "
+                        "deprecation warnings (hidden by default).")
     return parser
 
 
 def cli(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    with quiet_libraries(args.verbose):
+        report, paths = _inspect(args)
+    _print_summary(report, paths)
+
+
+def _inspect(args: argparse.Namespace) -> tuple[AdapterInspection, dict[str, Path]]:
     from .eval import load_model_for_eval, load_prompt_set  # only the command line needs the evaluation package
 
     if args.quiet:
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
-
     prompt_sets = {name: load_prompt_set(source, split=args.split, limit=args.max_prompts,
                                          prompt_column=args.prompt_column)
                    for name, source in _pairs(args.prompts, "--prompts").items()}
@@ -565,7 +573,10 @@ def cli(argv: list[str] | None = None) -> None:
     report = inspect_adapter(model, tokenizer, source, prompt_sets, top_n=args.top_n, token_scope=args.token_scope,
                              seed=args.seed, show_progress=not args.quiet, adapter=args.adapter, subspace_source=label)
     output_dir = Path(args.output_dir or f"inspect-{Path(args.adapter.rstrip('/')).name}")
-    paths = report.save(output_dir)
+    return report, report.save(output_dir)
+
+
+def _print_summary(report: AdapterInspection, paths: dict[str, Path]) -> None:
     for group, stats in report.summary.items():
         if stats["n_modules"]:
             print(f"{group}: {_pct(stats['mean_share'])} of ||ΔW||² in the SAILS subspace over {stats['n_modules']} "
@@ -574,7 +585,7 @@ def cli(argv: list[str] | None = None) -> None:
         for layer in shifts.layers:
             top = ", ".join(f"#{s.feature}{'*' if s.selected else ''} {s.change:+.3g}" for s in layer.top[:5])
             print(f"{shifts.name}, layer {layer.layer}: {top}  (* selected)")
-    print(f"Report: {paths['markdown']}  Numbers: {paths['json']}")
+    print("Files:\n" + "\n".join(f"  {key}: {path}" for key, path in paths.items()))
 
 
 if __name__ == "__main__":

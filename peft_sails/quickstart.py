@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from datasets import concatenate_datasets, load_dataset
+from huggingface_hub import constants as hub_constants
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from trl import SFTTrainer
@@ -29,6 +30,7 @@ from trl import SFTTrainer
 from .config import SAILSConfig
 from .data import to_chat
 from .eval import GenerationSettings, PatternRefusalJudge, generate_responses
+from .quiet import quiet_libraries, training_progress
 from .selection import select_features
 from .world import WorldArguments, sft_args, build_offline_world
 
@@ -89,7 +91,7 @@ def main(args: QuickstartArguments) -> dict:
     stats = peft_model.peft_config["default"].subspace_stats  # counted at initialisation
     trainable, base_params = stats["n_adapter_params"], stats["n_base_params"]
     SFTTrainer(model=peft_model, args=sft_args(out / "sails-run", args.sails_steps, args.sails_lr, args.seed),
-               processing_class=tokenizer,
+               processing_class=tokenizer, callbacks=[training_progress("aligning the SAILS adapter")],
                train_dataset=concatenate_datasets([aligned, benign]).shuffle(seed=args.seed)).train()
     report["sails_refusal_rate"] = refusal_rate(peft_model, tokenizer, harmful_prompts)
     report["sails_benign_refusal_rate"] = refusal_rate(peft_model, tokenizer, benign_prompts)
@@ -101,8 +103,10 @@ def main(args: QuickstartArguments) -> dict:
     peft_model.save_pretrained(adapter_dir)
     ids = tokenizer.apply_chat_template(aligned[0]["messages"], return_tensors="pt", return_dict=True)["input_ids"]
     torch.save(ids, out / "ids.pt")
-    subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, world.model_dir, str(adapter_dir), str(out / "ids.pt"),
-                    str(out / "reloaded.pt")], check=True)
+    reload = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, world.model_dir, str(adapter_dir),
+                             str(out / "ids.pt"), str(out / "reloaded.pt")], capture_output=not args.verbose, text=True)
+    if reload.returncode:
+        raise SystemExit(f"Reloading the adapter with plain peft failed:\n{reload.stderr or ''}")
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits
     report["reload_bit_identical"] = bool(torch.equal(torch.load(out / "reloaded.pt", weights_only=True), expected))
@@ -122,14 +126,19 @@ def main(args: QuickstartArguments) -> dict:
     print(f"Reloaded with plain peft (no peft_sails import), logits bit-identical: {report['reload_bit_identical']}")
     print(f"Seconds per stage: {timings}")
     (out / "quickstart.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"Adapter: {adapter_dir}  Report: {out / 'quickstart.json'}")
+    print(f"\nFiles:\n  adapter (plain LoRA + sails_config.json + card): {adapter_dir}\n"
+          f"  report: {out / 'quickstart.json'}\n  base model and tokenizer: {world.model_dir}\n"
+          f"  data: {world.harmful_dir}, {world.benign_dir}, world manifest {out / 'world.json'}\n"
+          f"  reload check: {out / 'ids.pt'}, {out / 'reloaded.pt'}\n"
+          f"  SAEs: Hugging Face cache ({hub_constants.HF_HUB_CACHE}), repo {world.sae_repo}")
     return report
 
 
 def cli(argv: list[str] | None = None) -> None:
     parser = HfArgumentParser(QuickstartArguments, description=__doc__.split("\n")[0])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    report = main(args)
+    with quiet_libraries(args.verbose):
+        report = main(args)
     if not report["reload_bit_identical"]:
         raise SystemExit("The reloaded adapter does not reproduce the trained one.")
 

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
@@ -60,9 +60,63 @@ def model_device(model: nn.Module) -> torch.device:
     return device
 
 
+def is_zero3_param(param: torch.Tensor) -> bool:
+    """A DeepSpeed ZeRO-3 parameter (`ds_id` set: its data is a shard except while gathered)."""
+    return hasattr(param, "ds_id") and hasattr(param, "ds_numel")
+
+
+def has_zero3_params(model: nn.Module) -> bool:
+    """Whether some parameter of `model` is partitioned by DeepSpeed ZeRO-3."""
+    return any(map(is_zero3_param, model.parameters()))
+
+
+@contextmanager
+def gathered(params: Iterable[torch.Tensor], modifier_rank: Optional[int] = None) -> Iterator[None]:
+    """Make the ZeRO-3 parameters among `params` whole on this process for the block: a collective, every process
+    enters it with the same parameters. With `modifier_rank`, what that rank writes is kept (partitioned again on
+    exit). A no-op without ZeRO-3 parameters (DeepSpeed is imported only then)."""
+    zero3 = [p for p in params if is_zero3_param(p)]
+    if not zero3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(zero3, modifier_rank=modifier_rank):
+        yield
+
+
+@contextmanager
+def gather_on_forward(model: nn.Module) -> Iterator[None]:
+    """Make each module's own ZeRO-3 parameters whole just for its forward, as a DeepSpeed engine's hooks do, where
+    no engine manages `model` (its modules have no `ds_id`); a no-op otherwise. Every process must run the same
+    forwards. What a StopForward leaves gathered is released on exit."""
+    if not has_zero3_params(model) or any(hasattr(m, "ds_id") for m in model.modules()):
+        yield
+        return
+    open_: dict[int, ExitStack] = {}
+
+    def pre(module: nn.Module, args: Any) -> None:
+        open_[id(module)] = stack = ExitStack()
+        stack.enter_context(gathered(module.parameters(recurse=False)))
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        open_.pop(id(module)).close()
+
+    with ExitStack() as hooks:
+        for module in model.modules():
+            if any(is_zero3_param(p) for p in module.parameters(recurse=False)):
+                hooks.callback(module.register_forward_pre_hook(pre).remove)
+                hooks.callback(module.register_forward_hook(post).remove)
+        try:
+            yield
+        finally:
+            for stack in reversed(list(open_.values())):  # modules whose forward a StopForward interrupted
+                stack.close()
+
+
 def check_not_partitioned(param: torch.Tensor, name: str) -> None:
-    """Refuse a parameter this process holds only a shard of (DeepSpeed ZeRO-3 leaves an empty tensor with
-    `ds_numel` set; FSDP2 a DTensor): SAILS would read or write a fraction of it."""
+    """Refuse a parameter this process holds only a shard of where SAILS reads or writes it (a ZeRO-3 shard, i.e.
+    an empty tensor with `ds_numel` set, outside `gathered`; an FSDP2 DTensor): it would see a fraction of it."""
     full = getattr(param, "ds_numel", None)
     sharded = (full is not None and param.numel() != full) or type(param).__name__ == "DTensor" or (
         param.numel() == 0 and not param.is_meta)
@@ -129,7 +183,8 @@ def run_to_sites(
         for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
             current["batch"] = batch
             try:
-                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                with gather_on_forward(model):
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
             except StopForward:
                 pass
 

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from .config import SAILSConfig
 from .data import check_selection_data, iter_scored_batches
-from .residual import ResidualSite, model_device, run_to_sites
+from .residual import ResidualSite, has_zero3_params, model_device, run_to_sites
 from .sae_files import DecoderRows, decode_active, load_sae_parts
 from .sae_loading import check_sae_fits
 
@@ -180,7 +180,8 @@ def plan_passes(layers: Sequence[int], sizes: Sequence[int], budget: int) -> lis
 
 def _passes(model: nn.Module, config: SAILSConfig, device: torch.device) -> list[list[int]]:
     """The layers of each selection pass: `config.saes_per_pass` at a time, or (None) as many as fit in
-    SAE_MEMORY_SHARE of the memory available, agreed on by every process (the smallest budget wins)."""
+    SAE_MEMORY_SHARE of the memory available, agreed on by every process (the smallest budget wins) when selection
+    is sharded or the model is partitioned by ZeRO-3 (every forward is then a collective)."""
     layers = config.layers
     if config.saes_per_pass is not None:
         return [layers[i:i + config.saes_per_pass] for i in range(0, len(layers), config.saes_per_pass)]
@@ -189,7 +190,7 @@ def _passes(model: nn.Module, config: SAILSConfig, device: torch.device) -> list
         sae, _ = load_sae_parts(config.sae_release, config.sae_ids[layer], encoder=False)
         sizes.append(selection_bytes(sae.cfg.d_in, sae.cfg.d_sae))
     budget = int(SAE_MEMORY_SHARE * available_memory(device)) - 8 * 4 * CHUNK_ACTIVATIONS  # encode workspace
-    if dist.is_available() and dist.is_initialized() and config.shard_selection:
+    if dist.is_available() and dist.is_initialized() and (config.shard_selection or has_zero3_params(model)):
         budgets: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(budgets, budget)
         budget = min(budgets)
@@ -278,12 +279,15 @@ def select_features(
     Under torch.distributed (`accelerate launch`) with `config.shard_selection` (default), every process must call
     this: each scores only its share of the batches, the sums are gathered (as PEFT's EVA gathers its statistics),
     and every process returns the features a single process would select from all the data, bit for bit. Memory then
-    also holds O(d_sae) sums per batch until they are merged.
+    also holds O(d_sae) sums per batch until they are merged. A model partitioned by DeepSpeed ZeRO-3 (with or without
+    its engine) is scored whole on every process instead, each module's weights gathered for its forward: the same
+    features, each process doing all the work.
     """
     for data, name in ((aligned, "aligned"), (unaligned, "unaligned")):
         check_selection_data(data, config, tokenizer, name)
     device = model_device(model)
-    shard = distributed_shard() if config.shard_selection else (0, 1)
+    # Under ZeRO-3 every forward gathers weights from every process: all of them run all the batches (not sharded).
+    shard = distributed_shard() if config.shard_selection and not has_zero3_params(model) else (0, 1)
     show_progress = show_progress and shard[0] == 0
     was_training = model.training
     model.eval()

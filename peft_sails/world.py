@@ -16,6 +16,7 @@ from pathlib import Path
 from datasets import concatenate_datasets
 from huggingface_hub import constants as hub_constants
 from transformers import HfArgumentParser
+from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
 from .offline import (
@@ -30,6 +31,7 @@ from .offline import (
     token_activations,
     train_topk_sae,
 )
+from .quiet import quiet_libraries, training_progress
 from .sae_loading import load_sae
 
 
@@ -44,6 +46,8 @@ class WorldArguments:
     n_train: int = field(default=256, metadata={"help": "Rows of each toy dataset."})
     base_steps: int = field(default=300, metadata={"help": "Steps that teach the base model to comply."})
     seed: int = field(default=0, metadata={"help": "Seed for data, model and SAEs."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Show the libraries' own progress bars, logs and deprecation warnings (hidden by default)."})
 
 
 @dataclass
@@ -76,7 +80,8 @@ def build_offline_world(args: WorldArguments) -> OfflineWorld:
     model = tiny_llama(tokenizer, hidden_size=args.hidden_size, seed=args.seed)
     base_data = concatenate_datasets([unaligned, benign, echo_data(args.n_train, args.seed)]).shuffle(seed=args.seed)
     SFTTrainer(model=model, args=sft_args(out / "base-run", args.base_steps, 3e-3, args.seed),
-               processing_class=tokenizer, train_dataset=base_data).train()
+               processing_class=tokenizer, train_dataset=base_data,
+               callbacks=[training_progress("training the base model")]).train()
     model_dir = out / "tiny-llama"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -87,7 +92,7 @@ def build_offline_world(args: WorldArguments) -> OfflineWorld:
     tick = time.perf_counter()
     corpus = concatenate_datasets([aligned, unaligned, benign])
     sae_ids, quality = {}, {}
-    for layer in args.layers:
+    for layer in tqdm(args.layers, desc="training the SAEs", unit="SAE"):
         acts = token_activations(model, tokenizer, corpus, layer)
         sae = train_topk_sae(acts, f"blocks.{layer}.hook_resid_post", "tiny-llama", d_sae=args.d_sae, seed=args.seed)
         sae_ids[layer] = f"layer_{layer}"
@@ -103,5 +108,8 @@ def build_offline_world(args: WorldArguments) -> OfflineWorld:
 
 def cli(argv: list[str] | None = None) -> None:
     (args,) = HfArgumentParser(WorldArguments, description=__doc__.split("\n")[0]).parse_args_into_dataclasses(argv)
-    world = build_offline_world(args)
+    with quiet_libraries(args.verbose):
+        world = build_offline_world(args)
     print(json.dumps(asdict(world), indent=2))
+    print(f"Files: {args.output_dir}/ (tiny-llama/, harmful/, benign/, world.json); SAEs in the Hugging Face cache "
+          f"as {args.sae_repo} ({hub_constants.HF_HUB_CACHE})")

@@ -76,6 +76,20 @@ def test_saved_adapters_load_with_plain_peft(bench):
         assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
+@pytest.mark.slow
+def test_report_inspects_one_seeds_sails_and_lora_adapters(bench):
+    _, results, root = bench
+    inspection = results["inspection"]
+    assert (inspection["n_train"], inspection["seed"]) == (2, 0) and set(inspection["adapters"]) == {"sails", "lora"}
+    sails, lora = (inspection["adapters"][m]["weights"]["all"] for m in ("sails", "lora"))
+    assert sails["mean_share"] > lora["mean_share"]  # 3 steps: SAILS is still inside its subspace, LoRA is not
+    for method in ("sails", "lora"):
+        written = {p.name for p in (root / "results" / "tiny-inspect" / method).iterdir()}
+        assert {"report.md", "report.json", "subspace_share.png", "features_harmful.png"} <= written
+    report = (root / "results" / "tiny.md").read_text()
+    assert "What the adapters changed" in report and "(tiny-inspect/sails/report.md)" in report
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="Unknown methods"):
         BenchArguments(methods=["lora", "qlora"])

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import HUB_CACHE
 
 
@@ -27,10 +28,13 @@ def test_two_processes_agree(tmp_path, planted_saes, tokenizer):
     assert [r["rank"] for r in results] == [0, 1] and all(r["world"] == 2 for r in results)
     assert results[0]["features"] == results[1]["features"]
     aligned, unaligned, _ = toy_safety_data(n=48, seed=0)  # as distributed_sails.py
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched process: matmul results may depend on the thread count
     single = select_features(tiny_llama(tokenizer), tokenizer, SAILSConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], top_k=8,
         sae_release="local-org/tiny-llama-saes", sae_ids={1: "layer_1", 2: "layer_2"}), aligned, unaligned,
         show_progress=False)
+    torch.set_num_threads(threads)
     as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731  (int keys -> str, as in the results)
     assert all(r["features"] == as_json(single.features) and r["sae_fit"] == as_json(single.sae_fit)
                for r in results)

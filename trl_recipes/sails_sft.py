@@ -25,16 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+# peft_sails first: here it holds the notice bitsandbytes prints when peft imports it (see peft_sails.quiet)
+import peft_sails  # noqa: F401,I001  (also registers the SAILS tuner)
 import torch
 from datasets import concatenate_datasets, load_dataset
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, TrlParser
 
-import peft_sails  # noqa: F401  (registers the SAILS tuner)
 from peft_sails import SAILSConfig, select_features
 from peft_sails.data import to_chat
 from peft_sails.hub import push_sails_adapter
+from peft_sails.quiet import quiet_libraries, verbose_requested
 from peft_sails.trainer import SailsSFTTrainer, training_summary
 
 RECIPES = Path(__file__).resolve().parent
@@ -72,6 +74,9 @@ class SailsScriptArguments:
         default=True, metadata={"help": "Refuse SAEs whose metadata names another model (see SAILSConfig)."}
     )
     dry_run: bool = field(default=False, metadata={"help": "Print LoRA shapes and trainable share, then stop."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Show the datasets and Hub progress bars and the libraries' deprecation warnings (hidden by default; "
+                "the Trainer's logs always show)."})
     model_config_file: Optional[str] = field(
         default=None, metadata={"help": "config.json of the model for --dry_run (shipped in trl_recipes/configs)."}
     )
@@ -158,7 +163,8 @@ def main(script_args: SailsScriptArguments, training_args: SFTConfig, model_args
         training = training_summary(trainer, datasets)
         Path(training_args.output_dir, "sails_training.json").write_text(json.dumps(training, indent=2))
         trainer.create_model_card()
-        trainer.accelerator.print(f"Adapter and SAILS card saved to {training_args.output_dir}.")
+        trainer.accelerator.print(f"Adapter and SAILS card saved to {training_args.output_dir}:\n" + "\n".join(
+            f"  {path}" for path in sorted(Path(training_args.output_dir).iterdir()) if path.is_file()))
         if training_args.push_to_hub:
             commit = push_sails_adapter(training_args.output_dir, trainer.hub_model_id or training_args.hub_model_id,
                                         token=training_args.hub_token, private=training_args.hub_private_repo)
@@ -172,11 +178,13 @@ def make_parser() -> TrlParser:
 
 def cli(argv: Optional[list[str]] = None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--dry_run" in argv or "--dry-run" in argv:  # no SFTConfig: its bf16 check would refuse a CPU-only machine
-        script_args, model_args, _ = TrlParser((SailsScriptArguments, ModelConfig)).parse_args_and_config(
-            argv, return_remaining_strings=True)
-        return dry_run(script_args, model_args)
-    return main(*make_parser().parse_args_and_config(argv))
+    # the Trainer's logs stay; datasets' bars and known deprecations (some raised while parsing) go, unless --verbose
+    with quiet_libraries(verbose_requested(argv), trainer_logs=True):
+        if "--dry_run" in argv or "--dry-run" in argv:  # no SFTConfig: its bf16 check would refuse a CPU-only machine
+            script_args, model_args, _ = TrlParser((SailsScriptArguments, ModelConfig)).parse_args_and_config(
+                argv, return_remaining_strings=True)
+            return dry_run(script_args, model_args)
+        return main(*make_parser().parse_args_and_config(argv))
 
 
 if __name__ == "__main__":

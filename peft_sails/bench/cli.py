@@ -10,6 +10,7 @@ runs are kept in the results file: running the same command again resumes where 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -23,10 +24,12 @@ from transformers import HfArgumentParser
 
 from ..controls import random_subspace
 from ..initialization import compute_sails_subspace
+from ..quiet import quiet_libraries, repeated_runs
 from .corpus import TEST_SPLITS
+from .inspection import inspect_pair
 from .analysis import feature_tokens, overlap, prompt_direction
 from .methods import METHODS, Prepared, prepare, selection_data
-from .report import write_report
+from .report import summary_tables, write_report
 from .runner import TrainSettings, run_alignment
 from .world import World, WorldConfig, build_world
 
@@ -61,6 +64,8 @@ class BenchArguments:
     rebuild_world: bool = field(default=False, metadata={"help": "Build the world again even if it is cached."})
     hidden_size: int = field(default=WorldConfig.hidden_size, metadata={
         "help": "Width of the base model (d_model; rank is 8, so this sets r/d_model). Another width is another world."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Show the libraries' own progress bars, logs and deprecation warnings (hidden by default)."})
 
     def world_config(self) -> WorldConfig:
         return WorldConfig(hidden_size=self.hidden_size, intermediate_size=2 * self.hidden_size,
@@ -146,7 +151,7 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
     results = _load(path)
     _check_resumable(results, world.config.key(), args, path)
     results.update(world={"key": world.config.key(), "config": asdict(world.config), **world.stats},
-                   settings={k: v for k, v in asdict(args).items() if k not in ("output_dir", "cache_dir")})
+                   settings={k: v for k, v in asdict(args).items() if k not in ("output_dir", "cache_dir", "verbose")})
     seconds = results.setdefault("seconds", {})
     seconds.setdefault("world", round(time.perf_counter() - tick, 1))
     settings = TrainSettings(steps=args.steps)
@@ -197,13 +202,49 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
         results["runs"].append({"method": name, "n_train": n, "seed": seed, "seconds": round(time.perf_counter() - tick, 1)})
         _save(path, results)
     shutil.rmtree(out / "tmp", ignore_errors=True)
+
+    n, adapters = min(args.n_train), {}
+    for name in ("sails", "lora"):
+        adapters[name] = out / "adapters" / name / f"n{n}-seed0"
+    inspect_dir = path.with_name(f"{args.run_name}-inspect")
+    if all(d.exists() for d in adapters.values()) and (
+            results.get("inspection", {}).get("n_train") != n or not inspect_dir.exists()):
+        tick = time.perf_counter()
+        results["inspection"] = {"n_train": n, "seed": 0, "dir": str(inspect_dir),
+                                 **inspect_pair(base, tokenizer, corpus, adapters, inspect_dir, path.parent)}
+        seconds["inspection"] = round(time.perf_counter() - tick, 1)
+        _save(path, results)
     write_report(results, path.with_suffix(""))
     return results
 
 
-def cli(argv: list[str] | None = None) -> None:
+def written_files(args: BenchArguments, results: dict) -> list[str]:
+    """Every file and folder the benchmark writes, for the end of its output."""
+    stem = Path(args.results_dir, args.run_name)
+    out = Path(args.output_dir)
+    files = [f"{stem}.json  (records, settings, learning rates, timings)", f"{stem}.md  (the report)",
+             f"{stem}-curves.png, {stem}-paired.png  (plots)"]
+    if "inspection" in results:
+        inspection = results["inspection"]
+        for name, a in inspection["adapters"].items():
+            folder = Path(args.results_dir, a["files"]["markdown"]).parent
+            files.append(f"{folder}/  (inspection of the {name} adapter: "
+                         + ", ".join(Path(f).name for f in a["files"].values()) + ")")
+    files += [f"{out / 'adapters'}/<method>/n<N>-seed<seed>/  ({len(results['runs'])} trained adapters or models)",
+              f"{out}/base-{results['world']['key']}/  (a copy of the base model and tokenizer)",
+              f"{Path(args.cache_dir).expanduser()}/{results['world']['key']}/  (the cached world: corpus, base model)",
+              f"the Hugging Face cache  (the world's SAEs, repo peft-sails-bench/world-{results['world']['key']})"]
+    return files
+
+
+def cli(argv: list[str] | None = None, world_config: WorldConfig | None = None) -> None:
+    """`peft-sails bench`: run, then print the results tables and every file written (`world_config`: for tests)."""
     parser = HfArgumentParser(BenchArguments, description=__doc__.split("\n")[0])
     (args,) = parser.parse_args_into_dataclasses(argv)
-    results = run_bench(args)
-    print(Path(args.results_dir, f"{args.run_name}.md").read_text())
-    print(f"Records: {len(results['records'])} in {Path(args.results_dir, args.run_name)}.json")
+    with quiet_libraries(args.verbose), (contextlib.nullcontext() if args.verbose else repeated_runs()):
+        results = run_bench(args, world_config)
+    tables, _ = summary_tables(results)
+    print(f"\n{tables}")
+    print(f"Records: {len(results['records'])}. Files:")
+    for line in written_files(args, results):
+        print(f"  {line}")

@@ -217,6 +217,48 @@ def analysis_section(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def inspection_section(results: dict) -> str:
+    """The weight and feature views of one seed's SAILS and LoRA adapters (`peft_sails.bench.inspection`)."""
+    inspection = results.get("inspection")
+    if not inspection:
+        return ""
+    adapters = inspection["adapters"]
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = [f"## What the adapters changed (`peft-sails inspect`, N = {inspection['n_train']}, seed "
+             f"{inspection['seed']})", "",
+             "Both adapters are measured against the SAILS adapter's subspace. Weight view: share of ||ΔW||² inside "
+             "it (readers: row space; writers: column space), against a random subspace of the same dimension "
+             "(expected k/d, and one seeded draw); mean principal angle between the learned lora_A rows (readers) or "
+             "lora_B columns (writers) and the SAILS initial basis.", "",
+             "| adapter | share in subspace (readers / writers) | random: k/d / seeded draw | mean angle |",
+             "| --- | --- | --- | --- |"]
+    for name, a in adapters.items():
+        w = a["weights"]
+        angle = w["all"].get("mean_principal_angle")
+        lines.append(f"| {name} | {pct(w['all'].get('mean_share'))} ({pct(w['reader'].get('mean_share'))} / "
+                     f"{pct(w['writer'].get('mean_share'))}) | {pct(w['all'].get('mean_baseline'))} / "
+                     f"{pct(w['all'].get('mean_random_share'))} | {'—' if angle is None else f'{angle:.1f}°'} |")
+    lines += ["", "Feature view: the SAE features each adapter moves most (|mean with − mean without| at the last "
+              "prompt token) on held-out requests; selected = among the SAILS adapter's features.", "",
+              "| prompts | layer | " + " | ".join(f"{n}: selected in its top {inspection['top_n']}" for n in adapters)
+              + " | top features shared |", "| --- | ---: |" + " ---: |" * (len(adapters) + 1)]
+    first = next(iter(adapters.values()))["features"]
+    for prompts, layers in first.items():
+        for layer in layers:
+            cells = [str(a["features"][prompts][layer]["selected_in_top"]) for a in adapters.values()]
+            shared = inspection.get("shared_top", {}).get(prompts, {}).get(layer, "")
+            lines.append(f"| {prompts} | {layer} | " + " | ".join(cells) + f" | {shared} |")
+    lines.append("")
+    for name, a in adapters.items():
+        files = a["files"]
+        links = [f"[report]({files['markdown']})"] + [f"[{k}]({v})" for k, v in files.items() if v.endswith(".png")]
+        lines.append(f"`{name}`: " + ", ".join(links) + ".")
+        if "subspace_plot" in files:
+            lines += ["", f"![{name}: share of the update in the SAILS subspace per layer]({files['subspace_plot']})"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_section(results: dict) -> str:
     sweep, chosen = results.get("sweep", {}), results.get("learning_rates", {})
     if not sweep:
@@ -258,6 +300,7 @@ def write_report(results: dict, stem: Path) -> Path:
         "seed (median; inf = never).", "",
         tables,
         analysis_section(results),
+        inspection_section(results),
         f"![learning curves of the methods run at every N]({stem.name}-curves.png)", "", f"![paired differences]({stem.name}-paired.png)", "",
     ])
     path = stem.with_suffix(".md")

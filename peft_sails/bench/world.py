@@ -14,6 +14,7 @@ import torch
 from datasets import DatasetDict, load_from_disk
 from huggingface_hub import constants as hub_constants
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import SFTConfig, SFTTrainer
 
@@ -26,6 +27,7 @@ from ..offline import (
     token_activations,
     train_topk_sae,
 )
+from ..quiet import training_progress
 from ..sae_loading import load_sae
 from .corpus import CorpusConfig, build_corpus, corpus_texts
 from .evaluation import evaluate_splits
@@ -105,7 +107,8 @@ def _pretrain(model, tokenizer, corpus: DatasetDict, cfg: WorldConfig, out: Path
                      logging_steps=max(cfg.pretrain_steps // 10, 1), bf16=False, report_to=[], save_strategy="no",
                      seed=cfg.seed, use_cpu=True)
     data = corpus["pretrain"].select_columns(["messages"]).shuffle(seed=cfg.seed)
-    SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data).train()
+    SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data,
+               callbacks=[training_progress("world: pre-training the base model")]).train()
 
 
 def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) -> World:
@@ -145,7 +148,7 @@ def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) 
     tick = time.perf_counter()
     texts = corpus["pretrain"].shuffle(seed=cfg.seed).select_columns(["messages"])
     quality = {}
-    for layer, sae_id in sae_ids.items():
+    for layer, sae_id in tqdm(sae_ids.items(), desc="world: training the SAEs", unit="SAE"):
         acts = token_activations(model, tokenizer, texts, layer)
         sae = train_topk_sae(acts, sae_id, model.config._name_or_path, d_sae=cfg.d_sae, k=cfg.sae_k,
                              epochs=cfg.sae_epochs, seed=cfg.seed)

@@ -91,6 +91,8 @@ class EvalArguments:
     lm_eval_batch_size: str = field(default="1", metadata={"help": "lm-eval batch size, or 'auto'."})
     lm_eval_verbose: bool = field(default=False, metadata={"help": "Show lm-eval's log messages (INFO and up)."})
     output_dir: str = field(default="sails-eval", metadata={"help": "Where eval.json, eval.md, responses.jsonl go."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Show the libraries' own progress bars, logs and deprecation warnings (hidden by default)."})
 
 
 def _prompt_sets(specs: list[str], limit: int | None) -> dict[str, Dataset]:
