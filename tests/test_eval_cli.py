@@ -80,7 +80,7 @@ def test_judge_cli_pattern_and_rating(model_dir, tmp_path, capsys):
 def test_judge_cli_validate_and_usage_errors(capsys):
     judge_cli(["--validate"])
     results = json.loads(capsys.readouterr().out)
-    assert set(results) == {"dev", "review", "test", "all"} and results["all"]["accuracy"] >= 0.95
+    assert set(results) == {"dev", "review", "test", "all", "heldout_round2"} and results["all"]["accuracy"] >= 0.95
     with pytest.raises(SystemExit) as exit_info:
         judge_cli(["--input", "x.jsonl"])
     assert exit_info.value.code == 2 and "give --input and --output" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def test_parts_equal_the_whole_sae(saes, kind):
     assert torch.equal(acts, whole.encode(x)) and (acts != 0).any()
     ids = [0, 7, whole.cfg.d_sae // 2, whole.cfg.d_sae - 1]
     assert torch.equal(rows(ids), whole.W_dec[ids].detach())  # incl. Llama Scope's folded 1/s
-    torch.testing.assert_close(decode_active(sae, acts, rows, tokens=16), whole.decode(acts), rtol=1e-5, atol=1e-5)
+    # the same sums in another order (thousands of float32 terms per output here)
+    torch.testing.assert_close(decode_active(sae, acts, rows, tokens=16), whole.decode(acts), rtol=1e-4, atol=1e-4)
     bare, bare_rows = load_sae_parts(release, sae_id, encoder=False)
     assert bare.W_enc.stride() == (0, 0) and bare.W_dec.stride() == (0, 0)
     assert torch.equal(bare_rows(ids), rows(ids))
