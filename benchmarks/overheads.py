@@ -4,8 +4,8 @@ the point). Offline: a Llama built from a config, a random ReLU SAE in a tempora
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 python benchmarks/overheads.py            # writes benchmarks/results/overheads.json
     python benchmarks/overheads.py --hidden_size 512 --n_examples 512 --repeats 5
 
-Rows: selection (stage 1) time / one forward pass over the same data, with one SAE loaded at a time (the
-default) and with all SAEs in one pass (`saes_per_pass`); initialisation (stages 2-3) time / one
+Rows: selection (stage 1) time / one forward pass over the same data, with the default (`saes_per_pass=None`:
+passes planned from the free memory), one SAE at a time and all SAEs in one pass; initialisation (stages 2-3) time / one
 training epoch; training step time SAILS / LoRA at equal rank; peak RSS of selection at 4x / 1x the data
 (each in a fresh subprocess).
 """
@@ -115,7 +115,11 @@ def main(args: argparse.Namespace) -> dict:
     t_forward = median_time(forward_pass, args.repeats)
     progress.update()
     t_select = median_time(lambda: select_features(model, tokenizer, config, aligned, unaligned,
-                                                   show_progress=False), args.repeats)
+                                                   show_progress=False), args.repeats)  # default: passes from memory
+    one_at_a_time = copy.deepcopy(config)
+    one_at_a_time.saes_per_pass = 1
+    t_select_one_sae = median_time(lambda: select_features(model, tokenizer, one_at_a_time, aligned, unaligned,
+                                                           show_progress=False), args.repeats)
     one_pass = copy.deepcopy(config)
     one_pass.saes_per_pass = len(config.sae_ids)
     t_select_one_pass = median_time(lambda: select_features(model, tokenizer, one_pass, aligned, unaligned,
@@ -153,10 +157,12 @@ def main(args: argparse.Namespace) -> dict:
     progress.close()
     report = {
         "setup": vars(args) | {"output": str(args.output), "torch_threads": torch.get_num_threads()},
-        "seconds": {"forward_pass": t_forward, "selection": t_select, "selection_one_pass": t_select_one_pass,
+        "seconds": {"forward_pass": t_forward, "selection": t_select, "selection_one_sae": t_select_one_sae,
+                    "selection_one_pass": t_select_one_pass,
                     "init": t_init, "epoch": t_epoch,
                     "step_lora": step_times["lora"], "step_sails": step_times["sails"]},
-        "ratios": {"selection (one SAE at a time) / forward pass": t_select / t_forward,
+        "ratios": {"selection (default: passes planned from memory) / forward pass": t_select / t_forward,
+                   "selection (one SAE at a time) / forward pass": t_select_one_sae / t_forward,
                    "selection (all SAEs in one pass) / forward pass": t_select_one_pass / t_forward,
                    "init / epoch": t_init / t_epoch,
                    "step SAILS / LoRA": step_times["sails"] / step_times["lora"],
