@@ -104,15 +104,17 @@ class StoredTensor:
         return self._torch(np.memmap(self.path, dtype=self.dtype, mode="c", offset=self.offset, shape=self.shape))
 
     def rows(self, ids: list[int]) -> torch.Tensor:
-        """Rows `ids` of a 2-D tensor, each read with one positional read (no mapping: the page cache's readahead
-        and large pages never count as this process's memory)."""
+        """Rows `ids` of a 2-D tensor, read with one positional read per run of consecutive ids (no mapping: the
+        page cache's readahead and large pages never count as this process's memory)."""
         width = self.shape[1] * self.dtype.itemsize
-        out = np.empty((len(ids), self.shape[1]), self.dtype)
+        unique = np.unique(np.asarray(ids, dtype=np.int64))
+        out = np.empty((len(unique), self.shape[1]), self.dtype)
+        starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)  # where a run of consecutive ids begins
         with open(self.path, "rb", buffering=0) as f:
-            for k, i in enumerate(ids):
-                f.seek(self.offset + int(i) * width)
-                f.readinto(memoryview(out[k]).cast("B"))
-        return self._torch(out)
+            for begin, end in zip(starts, [*starts[1:], len(unique)]):
+                f.seek(self.offset + int(unique[begin]) * width)
+                f.readinto(memoryview(out[begin:end]).cast("B"))
+        return self._torch(out[np.searchsorted(unique, ids)] if len(ids) else out)
 
 
 def stored_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:

@@ -50,6 +50,8 @@ def test_parts_equal_the_whole_sae(saes, kind):
     assert torch.equal(acts, whole.encode(x)) and (acts != 0).any()
     ids = [0, 7, whole.cfg.d_sae // 2, whole.cfg.d_sae - 1]
     assert torch.equal(rows(ids), whole.W_dec[ids].detach())  # incl. Llama Scope's folded 1/s
+    unordered = [9, 3, 4, 3, 5, 0]  # runs of consecutive ids are read at once; order and repeats are kept
+    assert torch.equal(rows(unordered), whole.W_dec[unordered].detach())
     # the same sums in another order (thousands of float32 terms per output here)
     torch.testing.assert_close(decode_active(sae, acts, rows, tokens=16), whole.decode(acts), rtol=1e-4, atol=1e-4)
     bare, bare_rows = load_sae_parts(release, sae_id, encoder=False)
