@@ -40,7 +40,8 @@ from .sae_loading import explained_load_errors, load_sae, local_sae_folder
 
 logger = logging.getLogger(__name__)
 DecoderRows = Callable[[list[int]], torch.Tensor]
-DECODE_TOKENS = 32  # tokens decoded at once by `decode_active`: bounds the decoder rows read to 32 x L0
+DECODE_ROWS_BYTES = 2**24  # decoder rows `decode_active` reads at once for a whole block of activations (16 MB)
+DECODE_TOKENS = 32  # else tokens decoded at once: bounds the decoder rows read to 32 x L0
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.int16, "F64": np.float64}
 
 
@@ -70,11 +71,13 @@ def load_sae_parts(release: str, sae_id: str, device: str | torch.device = "cpu"
 
 
 def decode_active(sae: SAE, acts: torch.Tensor, decoder_rows: DecoderRows, tokens: int = DECODE_TOKENS) -> torch.Tensor:
-    """`sae.decode(acts)` computed with sae-lens' own `decode`, `tokens` rows of `acts` at a time, each on the
-    decoder rows of the features that fire in them only (at most `tokens` x L0 rows, not all of a wide SAE)."""
+    """`sae.decode(acts)` computed with sae-lens' own `decode` on the decoder rows of the features that fire only:
+    all of `acts` at once when those rows fit in DECODE_ROWS_BYTES, else `tokens` rows of `acts` at a time (at most
+    `tokens` x L0 rows, not all of a wide SAE)."""
+    fits = int(acts.any(0).sum()) * sae.cfg.d_in * 4 <= DECODE_ROWS_BYTES
     placeholder, out = sae.W_dec, []
     try:
-        for block in acts.split(tokens):
+        for block in [acts] if fits else acts.split(tokens):
             ids = torch.nonzero(block.any(0)).flatten()
             sae.W_dec = torch.nn.Parameter(decoder_rows(ids.tolist()).to(acts), requires_grad=False)
             out.append(sae.decode(block[:, ids]))
