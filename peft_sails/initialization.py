@@ -9,7 +9,7 @@ import re
 from typing import Literal, Optional
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
@@ -323,8 +323,6 @@ def get_sails_state_dict(
         float32 tensors on the model's device. Memory: that of `get_peft_model` (one SAE at a time), plus the
         adapter's weights.
     """
-    from peft import PeftModel, get_peft_model, get_peft_model_state_dict
-
     wrapped = getattr(model, "module", model)  # DistributedDataParallel and friends
     config = config or wrapped.peft_config[adapter_name]
     if not config.features:
