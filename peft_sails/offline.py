@@ -119,11 +119,11 @@ def chat_tokenizer(core: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def token_activations(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, chats: Dataset,
-                      layer: int) -> torch.Tensor:
-    """The residual stream after decoder layer `layer` at every token of `chats` (`messages` column), `[n, d]`:
-    what an SAE for that layer is trained on."""
+                      layer: int, device: str = "cpu") -> torch.Tensor:
+    """The residual stream after decoder layer `layer` at every token of `chats` (`messages` column), `[n, d]`
+    (on `device`, the model's): what an SAE for that layer is trained on."""
     scope = SAILSConfig(sae_release="-", sae_ids={layer: "-"}, token_scope="all")
-    return collect_residuals(model, ResidualSite(layer, "post"), iter_scored_batches(chats, scope, tokenizer, "cpu"))
+    return collect_residuals(model, ResidualSite(layer, "post"), iter_scored_batches(chats, scope, tokenizer, device))
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict:
@@ -193,8 +193,11 @@ def save_sae_to_hub_cache(sae: SAE, repo_id: str, sae_id: str, cache_dir: str | 
 
 
 def train_topk_sae(activations: torch.Tensor, hook_name: str, model_name: str, d_sae: int = 512, k: int = 8,
-                   epochs: int = 20, batch_size: int = 256, lr: float = 3e-3, seed: int = 0):
-    """Train a TopK SAE with sae-lens' `SAETrainer` on `[n, d_in]` activations; returns the training SAE."""
+                   epochs: int = 20, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
+                   dead_feature_window: int = 1000):
+    """Train a TopK SAE with sae-lens' `SAETrainer` on `[n, d_in]` activations (on their device); returns the
+    training SAE. Latents silent for `dead_feature_window` steps count as dead and get sae-lens' AuxK loss
+    (1000 is sae-lens' default)."""
     from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
 
@@ -202,7 +205,7 @@ def train_topk_sae(activations: torch.Tensor, hook_name: str, model_name: str, d
     cfg = TopKTrainingSAEConfig(d_in=activations.shape[1], d_sae=d_sae, k=k)
     cfg.metadata.hook_name = hook_name
     cfg.metadata.model_name = model_name
-    sae = TopKTrainingSAE(cfg)
+    sae = TopKTrainingSAE(cfg).to(activations.device)
     total = epochs * activations.shape[0]
     generator = torch.Generator().manual_seed(seed)
 
@@ -213,8 +216,9 @@ def train_topk_sae(activations: torch.Tensor, hook_name: str, model_name: str, d
                 yield activations[order[start:start + batch_size]]
 
     trainer_cfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=batch_size, lr=lr,
-                                   lr_end=lr / 10, lr_scheduler_name="cosineannealing", device="cpu",
-                                   n_batches_for_norm_estimate=10)
+                                   lr_end=lr / 10, lr_scheduler_name="cosineannealing",
+                                   device=str(activations.device), n_batches_for_norm_estimate=10,
+                                   dead_feature_window=dead_feature_window)
     return SAETrainer(trainer_cfg, sae, data_provider=batches()).fit()
 
 

@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from peft_sails.bench.report import mean_ci, run_metrics, summary_tables, write_report
+from peft_sails.bench.report import (
+    downstream_section,
+    mean_ci,
+    pilot_choice,
+    run_metrics,
+    summary_tables,
+    write_report,
+)
 
 
 def _records(method, seed, safety_by_step, over_refusal=0.0, share=0.01):
@@ -48,7 +55,7 @@ def test_paired_differences_pair_by_seed():
     assert half == pytest.approx(mean_ci([0.2, 0.2, 0.3])[1])
     assert "| sails | 3 |" in markdown and "+23.3 ±" in markdown
     sails_row = next(line for line in markdown.splitlines() if line.startswith("| sails | 3 |"))
-    assert sails_row.endswith("| 10 |")  # reaches plain LoRA's final ID safety at step 10 on every seed
+    assert sails_row.endswith("| 10 (0/3) |")  # reaches plain LoRA's final ID safety at step 10 (of 10) on every seed
 
 
 def test_write_report_writes_markdown_and_plots(tmp_path):
@@ -62,3 +69,51 @@ def test_write_report_writes_markdown_and_plots(tmp_path):
     assert (tmp_path / "run-curves.png").stat().st_size > 1000
     assert (tmp_path / "run-paired.png").stat().st_size > 1000
     json.dumps(results)  # records stay JSON-serialisable
+
+
+def test_dense_id_steps_count_in_the_curve_but_not_in_the_final_table():
+    records = _records("lora", 0, {0: 0.0, 20: 1.0})
+    records += [{**r, "step": 10, "safety_rate": 0.9} for r in _records("lora", 0, {10: 0.0}) if r["split"] == "id"]
+    run = run_metrics(records)[("lora", 16, 0)]
+    assert run["id_curve"] == {0: 0.0, 10: 0.9, 20: 1.0}
+    assert run["id_auc"] == pytest.approx((0.45 * 10 + 0.95 * 10) / 20)
+    assert run["steps_to_target"] == 20  # step 10 has no benign split: it cannot count as reaching the target
+    assert run["ood_safety"] == 1.0
+
+
+def test_best_peer_is_the_peer_with_the_highest_ood_safety_and_gets_its_own_table():
+    records = []
+    for seed in range(3):
+        records += _records("lora", seed, {0: 0.0, 10: 0.5}) + _records("eva", seed, {0: 0.0, 10: 0.6 + seed / 100})
+        records += _records("pissa", seed, {0: 0.0, 10: 0.7}) + _records("sails", seed, {0: 0.0, 10: 0.9})
+    markdown, paired = summary_tables({"records": records, "settings": {"steps": 10}})
+    assert "paired difference to the best peer, `pissa`" in markdown
+    table = markdown.split("the best peer, `pissa`")[1]
+    assert "| sails | 3 | +20.0 ± 0.0 |" in table and "| eva | 3 | -9.0 ±" in table
+    assert set(paired[16]) == {"eva", "pissa", "sails"}  # the plot shows differences to LoRA
+
+
+def test_downstream_section_pairs_with_lora_and_reports_the_change():
+    records, downstream = [], []
+    for seed in range(2):
+        for method, final, after in (("lora", 1.0, 0.4), ("sails", 1.0, 0.7)):
+            records += _records(method, seed, {0: 0.0, 10: final})
+            downstream += [{"method": method, "n_train": 16, "seed": seed, "split": split,
+                            "safety_rate": None if split == "benign" else after,
+                            "over_refusal": 0.1 if split == "benign" else None} for split in ("id", "ood", "jailbreak", "benign")]
+    text = downstream_section({"records": records, "downstream": downstream,
+                               "settings": {"downstream_steps": 50, "downstream_lr": 5e-4, "downstream_rows": 64}})
+    sails = next(line for line in text.splitlines() if line.startswith("| 16 | sails |"))
+    assert sails.split(" | ")[3:] == ["70.0 ± 0.0", "70.0 ± 0.0", "70.0 ± 0.0", "10.0 ± 0.0", "+30.0 ± 0.0",
+                                      "+30.0 ± 0.0", "+30.0 ± 0.0", "-30.0 ± 0.0 |"]
+
+
+def test_pilot_picks_the_smallest_n_inside_the_range():
+    records = []
+    for seed in range(2):
+        for n, ood in ((1, 0.2), (2, 0.55), (4, 0.75), (8, 0.95)):
+            records += [{**r, "n_train": n, "safety_rate": ood if r["split"] == "ood" and r["step"] else r["safety_rate"]}
+                        for r in _records("lora", seed, {0: 0.0, 10: 0.9})]
+    choice = pilot_choice({"records": records})
+    assert choice["choice"] == 2 and choice["ood_safety"][8] == [0.95, 0.0]
+    assert pilot_choice({"records": [r for r in records if r["n_train"] in (1, 8)]})["choice"] is None

@@ -1,7 +1,10 @@
-"""`peft-sails bench`: SAILS against plain LoRA and controls, on a world built here (no download).
+"""`peft-sails bench`: SAILS against plain LoRA, PEFT's data-driven inits and controls, on a world built here (no
+download).
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --quick        # <= 20 min on 2 cores, prints the table
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --run_name full  # the committed report (about an hour)
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --quick            # <= 10 min on 2 cores, prints the table
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench                    # full mode, today's world
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --world hard --pilot  # plain LoRA only: choose N
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 peft-sails bench --world hard       # full mode, the unsaturated world
 
 Stages: build (or load from the cache) the world, pick each method's learning rate on the validation split,
 train every (method, N, seed), score the test splits along the way, write records, report and plots. Finished
@@ -11,12 +14,16 @@ runs are kept in the results file: running the same command again resumes where 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
+
+import torch
 
 from datasets import concatenate_datasets
 from tqdm.auto import tqdm
@@ -31,20 +38,42 @@ from .analysis import feature_tokens, overlap, prompt_direction
 from .methods import METHODS, Prepared, prepare, selection_data
 from .report import summary_tables, write_report
 from .runner import TrainSettings, run_alignment
+from .corpus import CorpusConfig
+from .report import pilot_choice
 from .world import World, WorldConfig, build_world
 
 logger = logging.getLogger(__name__)
+PILOT_N = [1, 2, 4, 8, 16]
+HARD_N = [4, 16]  # chosen by the pilot (benchmarks/results/hard-pilot.md)
 CORE = ["lora", "sails", "direct", "random", "full", "sails-prompt"]
 ABLATIONS = [m for m in METHODS if m not in CORE]
 QUICK = {"methods": ["lora", "sails", "random", "direct"], "ablations": [], "n_train": [4], "seeds": 3,
-         "sweep_seeds": 1, "lr_grid": [2.5e-4, 5e-4, 1e-3], "run_name": "quick"}
+         "sweep_seeds": 1, "lr_grid": [2.5e-4, 5e-4, 1e-3], "run_name": "quick", "downstream_steps": 0}
+WORLDS = {  # presets: today's world, the unsaturated one, and a larger one for a GPU
+    "default": WorldConfig(),
+    "hard": WorldConfig(corpus=CorpusConfig(preset="hard"), pretrain_steps=1000),
+    "gpu": WorldConfig(corpus=CorpusConfig(preset="hard"), hidden_size=768, intermediate_size=1536, num_layers=8,
+                       num_heads=12, pretrain_steps=3000, pretrain_batch_size=64, sae_layers=(3, 5), d_sae=8192,
+                       sae_k=32, sae_epochs=8, device="cuda"),
+}
+PILOT = {"methods": ["lora"], "ablations": [], "seeds": 3, "downstream_steps": 0}
 
 
 @dataclass
 class BenchArguments:
     quick: bool = field(default=False, metadata={
-        "help": f"Small run (<= 20 min on 2 cores): {QUICK}. Explicit flags below are overridden."})
-    run_name: str = field(default="full", metadata={"help": "Results go to <results_dir>/<run_name>.json (+ .md, .png)."})
+        "help": f"Small run (<= 10 min on 2 cores): {QUICK}. Explicit flags below are overridden."})
+    world: str = field(default="default", metadata={
+        "help": f"World preset: {', '.join(WORLDS)}. 'hard': requests where only the verb-object combination is "
+        "harmful, 14+ categories, longer prompts; 'gpu': the hard corpus with a 768-wide 8-layer model (use "
+        "--device cuda)."})
+    pilot: bool = field(default=False, metadata={
+        "help": f"Plain LoRA only at every N of --n_train ({PILOT}): writes <run_name>-pilot.json/.md with the "
+        "smallest N at which its final OOD safety lies in 50-80%; the full run's report shows it."})
+    device: str = field(default="cpu", metadata={"help": "Where to build the world and train: cpu or cuda."})
+    run_name: Optional[str] = field(default=None, metadata={
+        "help": "Results go to <results_dir>/<run_name>.json (+ .md, .png); default: 'full' for the default "
+        "world, else the world's name."})
     results_dir: str = field(default="benchmarks/results", metadata={"help": "Folder for records, report and plots."})
     output_dir: str = field(default="bench-output", metadata={
         "help": "Every trained adapter (or full model) and a copy of the base model are saved here."})
@@ -54,27 +83,52 @@ class BenchArguments:
         "help": f"Methods run at every N. Known: {', '.join(METHODS)}."})
     ablations: list[str] = field(default_factory=lambda: list(ABLATIONS), metadata={
         "help": "Methods run at the smallest N only."})
-    n_train: list[int] = field(default_factory=lambda: [4, 32], metadata={
-        "help": "Harmful examples per run (as many benign ones are mixed in)."})
+    n_train: Optional[list[int]] = field(default=None, metadata={
+        "help": "Harmful examples per run (as many benign ones are mixed in); default: the world's (default [4, 32], "
+        f"hard {HARD_N}; the pilot: {PILOT_N})."})
     seeds: int = field(default=8, metadata={"help": "Seeds per (method, N); seed i draws the same data for every method."})
     steps: int = field(default=100, metadata={"help": "Optimizer steps per run (batch 16, cosine decay)."})
     lr_grid: list[float] = field(default_factory=lambda: [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3], metadata={
         "help": "Learning rates swept per adapter method (full fine-tuning sweeps them divided by 10)."})
     sweep_seeds: int = field(default=2, metadata={"help": "Seeds per learning rate in the sweep (other seeds than the test ones)."})
+    id_every: int = field(default=TrainSettings.id_every, metadata={
+        "help": "Also score the ID split every this many steps in the first half of training (0: never)."})
+    downstream_steps: int = field(default=TrainSettings.downstream_steps, metadata={
+        "help": "After alignment at the smallest N, fine-tune each aligned model on benign data for this many steps "
+        "and score the test splits again (does alignment last?); 0: skip."})
     rebuild_world: bool = field(default=False, metadata={"help": "Build the world again even if it is cached."})
-    hidden_size: int = field(default=WorldConfig.hidden_size, metadata={
-        "help": "Width of the base model (d_model; rank is 8, so this sets r/d_model). Another width is another world."})
+    hidden_size: Optional[int] = field(default=None, metadata={
+        "help": "Width of the base model (d_model; rank is 8, so this sets r/d_model); default: the preset's. "
+        "Another width is another world."})
     verbose: bool = field(default=False, metadata={
         "help": "Show the libraries' own progress bars, logs and deprecation warnings (hidden by default)."})
 
     def world_config(self) -> WorldConfig:
-        return WorldConfig(hidden_size=self.hidden_size, intermediate_size=2 * self.hidden_size,
-                           num_heads=max(1, self.hidden_size // 72))
+        preset = WORLDS[self.world]
+        width = {} if self.hidden_size is None else {
+            "hidden_size": self.hidden_size, "intermediate_size": 2 * self.hidden_size,
+            "num_heads": max(1, self.hidden_size // 72)}
+        return dataclasses.replace(preset, **width, device=self.device)
+
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(steps=self.steps, id_every=self.id_every, downstream_steps=self.downstream_steps,
+                             device=self.device)
 
     def __post_init__(self) -> None:
-        if self.quick:
-            for key, value in QUICK.items():
-                setattr(self, key, value)
+        if self.world not in WORLDS:
+            raise ValueError(f"Unknown world {self.world!r}; choose from {list(WORLDS)}.")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"`device` must be 'cpu' or 'cuda', got {self.device!r}.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda, but torch sees no CUDA device here; use --device cpu.")
+        if self.quick and self.pilot:
+            raise ValueError("Choose --quick or --pilot, not both.")
+        for key, value in (QUICK if self.quick else PILOT if self.pilot else {}).items():
+            setattr(self, key, value)
+        if self.n_train is None:
+            self.n_train = PILOT_N if self.pilot else (HARD_N if self.world != "default" else [4, 32])
+        if self.run_name is None:
+            self.run_name = ("full" if self.world == "default" else self.world) + ("-pilot" if self.pilot else "")
         unknown = sorted(set(self.methods + self.ablations) - set(METHODS))
         if unknown:
             raise ValueError(f"Unknown methods {unknown}; choose from {sorted(METHODS)}.")
@@ -89,13 +143,14 @@ def _load(path: Path) -> dict:
 
 
 def _check_resumable(results: dict, world_key: str, args: BenchArguments, path: Path) -> None:
-    """Refuse to add runs to a results file made with another world or another number of steps."""
-    old_key, old_steps = results.get("world", {}).get("key"), results.get("settings", {}).get("steps")
-    if (old_key not in (None, world_key)) or (old_steps not in (None, args.steps)):
+    """Refuse to add runs to a results file made with another world, number of steps or scoring schedule."""
+    old = results.get("settings", {})
+    mine = {"world": world_key, "steps": args.steps, "id_every": args.id_every, "downstream_steps": args.downstream_steps}
+    theirs = {"world": results.get("world", {}).get("key"), **{k: old.get(k) for k in mine if k != "world"}}
+    if results["runs"] and theirs != mine:
         raise ValueError(
-            f"{path} holds runs of world {old_key} with {old_steps} steps, but this command builds world {world_key} "
-            f"with {args.steps} steps; its runs would not be comparable. Use another --run_name (or --results_dir), "
-            "or delete that file to start over.")
+            f"{path} holds runs made with {theirs}, but this command runs {mine}; its runs would not be comparable. "
+            "Use another --run_name (or --results_dir), or delete that file to start over.")
 
 
 def _save(path: Path, results: dict) -> None:
@@ -149,12 +204,13 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
         shutil.copytree(world.model_dir, out / world.model_dir.name)
     path = Path(args.results_dir) / f"{args.run_name}.json"
     results = _load(path)
+    settings = args.train_settings()
     _check_resumable(results, world.config.key(), args, path)
     results.update(world={"key": world.config.key(), "config": asdict(world.config), **world.stats},
-                   settings={k: v for k, v in asdict(args).items() if k not in ("output_dir", "cache_dir", "verbose")})
+                   settings={**{k: v for k, v in asdict(args).items() if k not in ("output_dir", "cache_dir", "verbose")},
+                             "downstream_lr": settings.downstream_lr, "downstream_rows": settings.downstream_rows})
     seconds = results.setdefault("seconds", {})
     seconds.setdefault("world", round(time.perf_counter() - tick, 1))
-    settings = TrainSettings(steps=args.steps)
     base_points = {0: world.stats["base"]}
     names = args.methods + [m for m in args.ablations if m not in args.methods]
 
@@ -175,7 +231,7 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
     sweep = [(name, lr, s) for name, lrs in grid.items() for lr in lrs for s in range(args.sweep_seeds)
              if len(scores.get(name, {}).get(str(lr), [])) <= s]
     for name, lr, s in tqdm(sweep, desc="learning-rate sweep (validation split)"):
-        points, _ = run_alignment(METHODS[name], prepared[name], base, tokenizer, corpus, min(args.n_train),
+        points, _, _ = run_alignment(METHODS[name], prepared[name], base, tokenizer, corpus, min(args.n_train),
                                   1000 + s, lr, settings, ["validation"], out / "tmp", eval_steps=[settings.steps])
         m = points[settings.steps]["validation"]
         scores.setdefault(name, {}).setdefault(str(lr), []).append(m["safety_rate"] - m["over_refusal"])
@@ -196,16 +252,21 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
         tick = time.perf_counter()
         method = METHODS[name]
         lr = lrs[method.lr_of or name]
-        points, share = run_alignment(method, prepared[name], base, tokenizer, corpus, n, seed, lr, settings,
-                                      TEST_SPLITS, out / "tmp", save_dir=out / "adapters" / name / f"n{n}-seed{seed}")
+        downstream = settings.downstream_steps > 0 and n == min(args.n_train)
+        points, share, after = run_alignment(
+            method, prepared[name], base, tokenizer, corpus, n, seed, lr, settings, TEST_SPLITS, out / "tmp",
+            save_dir=out / "adapters" / args.run_name / name / f"n{n}-seed{seed}", downstream=downstream)
         results["records"] += _records(name, n, seed, {**base_points, **points}, share, lr)
+        if after is not None:
+            results.setdefault("downstream", []).extend(
+                {"method": name, "n_train": n, "seed": seed, "split": split, **metrics} for split, metrics in after.items())
         results["runs"].append({"method": name, "n_train": n, "seed": seed, "seconds": round(time.perf_counter() - tick, 1)})
         _save(path, results)
     shutil.rmtree(out / "tmp", ignore_errors=True)
 
     n, adapters = min(args.n_train), {}
     for name in ("sails", "lora"):
-        adapters[name] = out / "adapters" / name / f"n{n}-seed0"
+        adapters[name] = out / "adapters" / args.run_name / name / f"n{n}-seed0"
     inspect_dir = path.with_name(f"{args.run_name}-inspect")
     if all(d.exists() for d in adapters.values()) and (
             results.get("inspection", {}).get("n_train") != n or not inspect_dir.exists()):
@@ -214,6 +275,11 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
                                  **inspect_pair(base, tokenizer, corpus, adapters, inspect_dir, path.parent)}
         seconds["inspection"] = round(time.perf_counter() - tick, 1)
         _save(path, results)
+    if args.pilot:
+        results["pilot"] = {**pilot_choice(results), "seeds": args.seeds}
+    elif (pilot_path := path.with_name(f"{args.run_name}-pilot.json")).exists():
+        results["pilot"] = json.loads(pilot_path.read_text()).get("pilot", {})
+    _save(path, results)
     write_report(results, path.with_suffix(""))
     return results
 
@@ -230,7 +296,7 @@ def written_files(args: BenchArguments, results: dict) -> list[str]:
             folder = Path(args.results_dir, a["files"]["markdown"]).parent
             files.append(f"{folder}/  (inspection of the {name} adapter: "
                          + ", ".join(Path(f).name for f in a["files"].values()) + ")")
-    files += [f"{out / 'adapters'}/<method>/n<N>-seed<seed>/  ({len(results['runs'])} trained adapters or models)",
+    files += [f"{out / 'adapters' / args.run_name}/<method>/n<N>-seed<seed>/  ({len(results['runs'])} trained adapters or models)",
               f"{out}/base-{results['world']['key']}/  (a copy of the base model and tokenizer)",
               f"{Path(args.cache_dir).expanduser()}/{results['world']['key']}/  (the cached world: corpus, base model)",
               f"the Hugging Face cache  (the world's SAEs, repo peft-sails-bench/world-{results['world']['key']})"]

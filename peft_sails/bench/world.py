@@ -51,11 +51,40 @@ class WorldConfig:
     d_sae: int = 2048
     sae_k: int = 16
     sae_epochs: int = 4
+    sae_dead_window: int = 1000  # steps a latent may stay silent before sae-lens' AuxK loss revives it
     seed: int = 0
+    device: str = "cpu"  # where the world is built: a world built on another device is another world
 
     def key(self) -> str:
-        payload = json.dumps({"version": WORLD_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        for path, default in ADDED_AT_DEFAULT.items():  # fields added after version 1 keep the old worlds' keys
+            *parents, name = path.split(".")
+            node = fields
+            for parent in parents:
+                node = node[parent]
+            if node.get(name, default) == default:
+                node.pop(name, None)
+        payload = json.dumps({"version": WORLD_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def sae_spec(self) -> "SAESpec":
+        return SAESpec(self.d_sae, self.sae_k, self.sae_epochs, self.sae_dead_window)
+
+
+ADDED_AT_DEFAULT = {"sae_dead_window": 1000, "device": "cpu", "corpus.preset": "default"}
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """How the SAEs of a world are trained (TopK, with sae-lens' `SAETrainer`)."""
+
+    d_sae: int
+    k: int
+    epochs: int
+    dead_window: int
+
+    def name(self) -> str:
+        return f"{self.d_sae}x{self.k}-e{self.epochs}-w{self.dead_window}"
 
 
 @dataclass
@@ -79,7 +108,26 @@ class World:
         return PreTrainedTokenizerFast.from_pretrained(str(self.model_dir))
 
     def model(self) -> LlamaForCausalLM:
-        return AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32).to(self.config.device)
+
+    def sae_variant(self, spec: SAESpec) -> tuple[str, dict[int, str]]:
+        """(repo, {layer: sae_id}) of SAEs trained like `spec` on this world's model; trained once, then cached in
+        the Hugging Face cache beside the world's own SAEs (their quality goes to `sae_variants.json`)."""
+        if spec == self.config.sae_spec():
+            return self.sae_repo, self.sae_ids
+        repo = f"{self.sae_repo}-sae-{spec.name()}"
+        if not _saes_cached(repo, self.sae_ids):
+            quality = train_saes(self.model(), self.tokenizer(), self.corpus(), self.config, repo, self.sae_ids, spec,
+                                 desc=f"world: training SAEs {spec.name()}")
+            path = self.root / "sae_variants.json"
+            known = json.loads(path.read_text()) if path.exists() else {}
+            known[spec.name()] = quality
+            path.write_text(json.dumps(known, indent=2))
+        return repo, self.sae_ids
+
+    def sae_variant_quality(self) -> dict:
+        path = self.root / "sae_variants.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
 
 def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -100,12 +148,31 @@ def sae_quality(sae, activations: torch.Tensor) -> dict[str, float]:
             "dead_share": round(float((~fired.any(0)).float().mean()), 4)}
 
 
+def _saes_cached(repo: str, sae_ids: dict[int, str]) -> bool:
+    return all((hub_cache_snapshot(repo, hub_constants.HF_HUB_CACHE) / i / "cfg.json").exists() for i in sae_ids.values())
+
+
+def train_saes(model, tokenizer, corpus: DatasetDict, cfg: WorldConfig, repo: str, sae_ids: dict[int, str],
+               spec: SAESpec, desc: str = "world: training the SAEs") -> dict[int, dict]:
+    """Train one SAE per layer on the residual stream of `model` over the pre-training texts, save them into the
+    local Hugging Face cache as `repo`, and return their quality on those activations."""
+    texts = corpus["pretrain"].shuffle(seed=cfg.seed).select_columns(["messages"])
+    quality = {}
+    for layer, sae_id in tqdm(sae_ids.items(), desc=desc, unit="SAE"):
+        acts = token_activations(model, tokenizer, texts, layer, cfg.device)
+        sae = train_topk_sae(acts, sae_id, model.config._name_or_path, d_sae=spec.d_sae, k=spec.k, epochs=spec.epochs,
+                             seed=cfg.seed, dead_feature_window=spec.dead_window)
+        save_sae_to_hub_cache(sae, repo, sae_id, hub_constants.HF_HUB_CACHE)
+        quality[layer] = {"n_tokens": acts.shape[0], **sae_quality(load_sae(repo, sae_id, device=cfg.device), acts)}
+    return quality
+
+
 def _pretrain(model, tokenizer, corpus: DatasetDict, cfg: WorldConfig, out: Path) -> None:
     args = SFTConfig(output_dir=str(out / "pretrain-run"), max_steps=cfg.pretrain_steps,
                      per_device_train_batch_size=cfg.pretrain_batch_size, learning_rate=cfg.pretrain_lr,
                      lr_scheduler_type="cosine", warmup_steps=max(cfg.pretrain_steps // 20, 1),
                      logging_steps=max(cfg.pretrain_steps // 10, 1), bf16=False, report_to=[], save_strategy="no",
-                     seed=cfg.seed, use_cpu=True)
+                     seed=cfg.seed, use_cpu=cfg.device == "cpu")
     data = corpus["pretrain"].select_columns(["messages"]).shuffle(seed=cfg.seed)
     SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data,
                callbacks=[training_progress("world: pre-training the base model")]).train()
@@ -117,9 +184,7 @@ def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) 
     sae_repo = f"peft-sails-bench/world-{cfg.key()}"
     sae_ids = {layer: f"blocks.{layer}.hook_resid_post" for layer in cfg.sae_layers}
     manifest = root / "world.json"
-    saes_cached = all((hub_cache_snapshot(sae_repo, hub_constants.HF_HUB_CACHE) / i / "cfg.json").exists()
-                      for i in sae_ids.values())
-    if manifest.exists() and saes_cached and not rebuild:
+    if manifest.exists() and _saes_cached(sae_repo, sae_ids) and not rebuild:
         return World(cfg, root, sae_repo, sae_ids, json.loads(manifest.read_text())["stats"])
     root.mkdir(parents=True, exist_ok=True)
     seconds, tick = {}, time.perf_counter()
@@ -134,7 +199,7 @@ def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) 
         pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer)))
     # a turn ends with <|end|>: generation stops there (and at <eos>)
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|end|>"), tokenizer.eos_token_id]
-    _pretrain(model, tokenizer, corpus, cfg, root)
+    _pretrain(model.to(cfg.device), tokenizer, corpus, cfg, root)
     world = World(cfg, root, sae_repo, sae_ids, {})
     model.config._name_or_path = f"peft-sails-bench/{world.model_dir.name}"
     model.save_pretrained(str(world.model_dir))
@@ -146,14 +211,7 @@ def build_world(cfg: WorldConfig, cache_dir: str | Path, rebuild: bool = False) 
     seconds["base_eval"] = round(time.perf_counter() - tick, 1)
 
     tick = time.perf_counter()
-    texts = corpus["pretrain"].shuffle(seed=cfg.seed).select_columns(["messages"])
-    quality = {}
-    for layer, sae_id in tqdm(sae_ids.items(), desc="world: training the SAEs", unit="SAE"):
-        acts = token_activations(model, tokenizer, texts, layer)
-        sae = train_topk_sae(acts, sae_id, model.config._name_or_path, d_sae=cfg.d_sae, k=cfg.sae_k,
-                             epochs=cfg.sae_epochs, seed=cfg.seed)
-        save_sae_to_hub_cache(sae, sae_repo, sae_id, hub_constants.HF_HUB_CACHE)
-        quality[layer] = {"n_tokens": acts.shape[0], **sae_quality(load_sae(sae_repo, sae_id), acts)}
+    quality = train_saes(model, tokenizer, corpus, cfg, sae_repo, sae_ids, cfg.sae_spec())
     seconds["saes"] = round(time.perf_counter() - tick, 1)
     n_params = sum(p.numel() for p in model.parameters())
     stats = {"n_params": n_params, "base": base_eval, "sae": quality, "seconds": seconds,
