@@ -20,7 +20,7 @@ from .initialization import get_sails_state_dict, initialize_sails_weights  # no
 from .loading import load_sails_adapter  # noqa: E402
 from .model import SailsModel  # noqa: E402
 from .registration import register  # noqa: E402
-from .selection import rank_features, select_features  # noqa: E402
+from .selection import rank_features, select_features, select_reader_features  # noqa: E402
 from .subspace import build_subspace  # noqa: E402
 
 __version__ = "0.2.0"
@@ -34,6 +34,7 @@ __all__ = [
     "rank_features",
     "register",
     "select_features",
+    "select_reader_features",
 ]
 
 register()

@@ -90,6 +90,26 @@ def _fit_cell(fit: Optional[dict[str, float]], threshold: float) -> str:
     return f"{fit['explained_variance']:.1%} / {fit['l0']:.1f}{flag}"
 
 
+def _feature_tables(layers: list[int], features: Optional[dict[int, list[dict]]],
+                    per_layer: dict[str, dict]) -> list[dict[str, Any]]:
+    """One table per layer of the chosen features (rank, id with its Neuronpedia link, Δ, ρ)."""
+    tables = []
+    for layer in layers:
+        npid = per_layer.get(str(layer), {}).get("neuronpedia_id")
+        tables.append({"layer": layer, "features": [
+            {"rank": i + 1, "id": f["id"], "delta": f"{f['delta']:+.4g}", "rho": f"{f['rho']:.4f}",
+             "url": f"{NEURONPEDIA}/{npid}/{f['id']}" if npid else None}
+            for i, f in enumerate((features or {}).get(layer, []))
+        ]})
+    return tables
+
+
+def _subspace_summary(stats: dict[str, Any], variance_threshold: float) -> str:
+    return (f"{stats['subspace_dim']} orthonormal directions ({stats['n_principal_rows']} principal, "
+            f"{stats['n_random_rows']} random fill), keeping {stats['variance_kept']:.1%} of the variance of the "
+            f"stacked decoder rows ({stats['n_directions_at_threshold']} directions reach {variance_threshold:.0%})")
+
+
 def build_card(
     adapter_dir: str | os.PathLike,
     repo_id: Optional[str] = None,
@@ -115,14 +135,10 @@ def build_card(
     name = (repo_id or f"{Path(base).name}-sails").split("/")[-1]
     repo_id = repo_id or f"<your-org>/{name}"
 
-    feature_tables = []
-    for layer in config.layers:
-        npid = per_layer.get(str(layer), {}).get("neuronpedia_id")
-        feature_tables.append({"layer": layer, "features": [
-            {"rank": i + 1, "id": f["id"], "delta": f"{f['delta']:+.4g}", "rho": f"{f['rho']:.4f}",
-             "url": f"{NEURONPEDIA}/{npid}/{f['id']}" if npid else None}
-            for i, f in enumerate((config.features or {}).get(layer, []))
-        ]})
+    feature_tables = _feature_tables(config.layers, config.features, per_layer)
+    reader_stats = stats.get("readers") or {}
+    reader_tables = (_feature_tables(config.layers, config.reader_features, reader_stats.get("per_layer", {}))
+                     if config.reader_features is not None else None)
     layer_rows = [{"layer": layer, "sae_id": config.sae_ids[layer],
                    "n_features": per_layer.get(str(layer), {}).get("n_features", "?"),
                    "n_directions": per_layer.get(str(layer), {}).get("n_directions_at_threshold", "?"),
@@ -131,10 +147,14 @@ def build_card(
     n_adapter, n_base = stats.get("n_adapter_params"), stats.get("n_base_params")
     trainable = (f"{n_adapter:,} = {n_adapter / n_base:.3%} of the {n_base:,} base-model parameters"
                  if n_adapter and n_base else "see adapter_model.safetensors")
-    subspace = (f"{stats['subspace_dim']} orthonormal directions ({stats['n_principal_rows']} principal, "
-                f"{stats['n_random_rows']} random fill), keeping {stats['variance_kept']:.1%} of the variance of the "
-                f"stacked decoder rows ({stats['n_directions_at_threshold']} directions reach "
-                f"{config.variance_threshold:.0%})" if stats else "not recorded")
+    subspace = _subspace_summary(stats, config.variance_threshold) if stats else "not recorded"
+    if config.reader_features is not None:
+        readers = _subspace_summary(reader_stats, config.variance_threshold) if reader_stats else "not recorded"
+        overlap = stats.get("reader_writer_overlap")
+        subspace = (f"two-sided (experimental). Writers (`{', '.join(config.writer_modules)}`): {subspace}. "
+                    f"Readers (`{', '.join(config.reader_modules)}`): {readers}")
+        if overlap is not None:
+            subspace += f". Overlap of the two bases ‖U_r U_wᵀ‖²/r: {overlap:.3f}"
     data = ModelCardData(
         base_model=hub_base, library_name="peft", pipeline_tag="text-generation",
         tags=TAGS + ([f"base_model:adapter:{hub_base}"] if hub_base else []) + [PAPER],
@@ -149,7 +169,8 @@ def build_card(
         subspace_summary=subspace, top_k=config.top_k, token_scope=config.token_scope,
         min_firing_rate=config.min_firing_rate, variance_pct=f"{config.variance_threshold:.0%}",
         fit_threshold=f"{config.min_explained_variance:.0%}",
-        layer_rows=layer_rows, feature_tables=feature_tables,
+        layer_rows=layer_rows, feature_tables=feature_tables, reader_tables=reader_tables,
+        reader_token_scope=config.reader_token_scope,
         training={k: ", ".join(v) if isinstance(v, list) else v for k, v in training.items()},
         eval_rows=eval_rows,
     )

@@ -58,6 +58,10 @@ class SAILSConfig(LoraConfig):
     `get_peft_model`: the selected decoder rows of every layer in `sae_ids` are stacked, PCA keeps
     `variance_threshold` of their variance, QR gives an orthonormal basis, and the adapters start in it with
     the model unchanged at step 0. Saved adapters are plain LoRA plus a `sails_config.json` sidecar.
+
+    Two-sided subspace (experimental): with `reader_features` (from `select_reader_features`: harmful vs benign
+    requests at `reader_token_scope`), readers start in the basis of those features and writers in that of
+    `features`; None keeps the paper's single basis.
     """
 
     init_lora_weights: Any = field(
@@ -79,6 +83,22 @@ class SAILSConfig(LoraConfig):
         default=None,
         metadata={
             "help": "Written by `select_features`: layer -> [{'id', 'delta', 'rho'}, ...] sorted by rho, descending."
+        },
+    )
+    reader_features: Optional[dict[int, list[dict[str, float]]]] = field(
+        default=None,
+        metadata={
+            "help": "Two-sided subspace (experimental). Written by `select_reader_features`: layer -> [{'id', "
+            "'delta', 'rho'}, ...] as in `features`, contrasting harmful with benign requests over "
+            "`reader_token_scope` tokens. Set: readers (reader_modules) start in the basis of these features and "
+            "writers in that of `features`. None (default): one basis from `features` for both (the paper's method)."
+        },
+    )
+    reader_token_scope: Literal["response", "all", "prompt", "last_prompt"] = field(
+        default="last_prompt",
+        metadata={
+            "help": "Tokens `select_reader_features` averages (as `token_scope`): default 'last_prompt', the last "
+            "prompt token, where the model decides whether to refuse."
         },
     )
     sae_fit: Optional[dict[int, dict[str, float]]] = field(
@@ -165,6 +185,14 @@ class SAILSConfig(LoraConfig):
     unaligned_dataset: Optional[str] = field(
         default=None, metadata={"help": "Dataset id or local path of unaligned data (harmful request + compliance)."}
     )
+    benign_dataset: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Dataset id or local path of benign requests (chat or prompt/completion, any response): set, "
+            "`get_peft_model` also selects `reader_features`, contrasting the harmful requests of `aligned_dataset` "
+            "with these (two-sided subspace, experimental)."
+        },
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split of the selection datasets."})
     messages_column: str = field(default="messages", metadata={"help": "Column with chat messages."})
     prompt_column: str = field(default="prompt", metadata={"help": "Prompt column (prompt/completion format)."})
@@ -212,11 +240,13 @@ class SAILSConfig(LoraConfig):
         if not self.sae_ids:
             raise ValueError("`sae_ids` must map at least one layer to an SAE id, e.g. {5: 'layer_5/width_16k/canonical'}.")
         self.features = _int_keys(self.features, "features")
+        self.reader_features = _int_keys(self.reader_features, "reader_features")
         self.sae_fit = _int_keys(self.sae_fit, "sae_fit")
-        if self.features is not None:
-            extra = sorted(set(self.features) - set(self.sae_ids))
+        for name in ("features", "reader_features"):
+            extra = sorted(set(getattr(self, name) or ()) - set(self.sae_ids))
             if extra:
-                raise ValueError(f"`features` has layers {extra} that are not in `sae_ids` {sorted(self.sae_ids)}.")
+                raise ValueError(f"`{name}` has layers {extra} that are not in `sae_ids` {sorted(self.sae_ids)}: "
+                                 f"add an SAE id for each of them to `sae_ids`, or select `{name}` again.")
         if not isinstance(self.top_k, int) or self.top_k <= 0:
             raise ValueError(f"`top_k` must be a positive integer, got {self.top_k!r}.")
         if not 0.0 < float(self.variance_threshold) <= 1.0:
@@ -227,6 +257,7 @@ class SAILSConfig(LoraConfig):
             self.norm_mapping = _LEGACY_NORM_MAPPING[self.norm_mapping]
         for name, value, allowed in (
             ("token_scope", self.token_scope, TOKEN_SCOPES),
+            ("reader_token_scope", self.reader_token_scope, TOKEN_SCOPES),
             ("norm_mapping", self.norm_mapping, NORM_MAPPINGS),
             ("writer_init", self.writer_init, WRITER_INITS),
             ("subspace_fill", self.subspace_fill, SUBSPACE_FILLS),
@@ -241,6 +272,11 @@ class SAILSConfig(LoraConfig):
                              f"{self.max_length}, {self.saes_per_pass}.")
         if (self.aligned_dataset is None) != (self.unaligned_dataset is None):
             raise ValueError("Name both `aligned_dataset` and `unaligned_dataset`, or neither.")
+        if self.benign_dataset is not None and self.aligned_dataset is None:
+            raise ValueError(
+                "`benign_dataset` needs `aligned_dataset` (and `unaligned_dataset`): two-sided selection contrasts the "
+                "harmful requests of `aligned_dataset` with the benign ones. Name all three, or drop `benign_dataset`."
+            )
 
     @property
     def layers(self) -> list[int]:

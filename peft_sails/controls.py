@@ -1,10 +1,12 @@
 """Control subspaces for SAILS experiments, built like the SAILS basis but without an SAE: `direct_subspace`
 (directions of the residual activation differences between aligned and unaligned data) and `random_subspace`
-(a seeded random orthonormal basis). Write either into a LoRA adapter with
-`peft_sails.initialization.write_sails_weights`, which scales it like SAILS (norm-matched)."""
+(a seeded random orthonormal basis), and `refusal_direction_subspace` (Arditi et al. 2024: the harmful-minus-benign
+difference of means at the last prompt token, one per layer, filled up with random directions). Write any of them into
+a LoRA adapter with `peft_sails.initialization.write_sails_weights`, which scales it like SAILS (norm-matched)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +58,25 @@ def direct_subspace(model: nn.Module, tokenizer: Any, config: SAILSConfig, align
     `config.layers`."""
     rows = difference_rows(model, tokenizer, config, aligned, unaligned, layers or config.layers, show_progress)
     return build_subspace(rows, config.variance_threshold, config.r, fill=config.subspace_fill, seed=config.seed)
+
+
+def refusal_direction_subspace(model: nn.Module, tokenizer: Any, config: SAILSConfig, harmful: Any, benign: Any,
+                               layers: Sequence[int] | None = None, seed: int = 0) -> Subspace:
+    """The refusal directions of Arditi et al. (2024, "Refusal in language models is mediated by a single
+    direction"): per layer in `layers` (default `config.layers`), the mean residual activation after the layer at the
+    last prompt token (where the model decides whether to refuse) over `harmful` requests minus that over `benign`
+    ones. The per-layer directions are orthonormalised (`build_subspace`, all of their variance) and the remaining
+    `config.r - len(layers)` rows are seeded random directions orthogonal to them. The token scope is always
+    "last_prompt", whatever `config.token_scope` says; the prompt is what `config`'s columns and template give."""
+    layers = list(layers or config.layers)
+    scope = copy.copy(config)
+    scope.token_scope = "last_prompt"
+    for data, name in ((harmful, "harmful"), (benign, "benign")):
+        check_selection_data(data, scope, tokenizer, name)
+    h = example_means(model, tokenizer, scope, harmful, layers)
+    b = example_means(model, tokenizer, scope, benign, layers)
+    rows = torch.stack([h[layer].mean(0) - b[layer].mean(0) for layer in layers])
+    return build_subspace(rows, 1.0, config.r, fill="random", seed=seed)
 
 
 def random_subspace(d: int, r: int, seed: int = 0) -> Subspace:

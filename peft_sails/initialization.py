@@ -27,35 +27,51 @@ LORA_ROW_NORM = 1 / math.sqrt(3)  # expected row norm of PEFT's kaiming-uniform(
 LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.([^.]+)\.")
 _ATTENTION_BLOCKS = ("self_attn", "attn", "attention")
 Role = Literal["reader", "writer"]
+_SELECTOR = {"features": "select_features", "reader_features": "select_reader_features"}  # stage 1 of each field
 
 
 def decoder_rows_of_features(
-    model: nn.Module, config: SAILSConfig, show_progress: bool = True
+    model: nn.Module, config: SAILSConfig, show_progress: bool = True, field: str = "features"
 ) -> tuple[dict[int, torch.Tensor], dict[int, dict]]:
-    """Load each layer's SAE in turn, check it fits `model`, keep only the selected decoder rows (float32, CPU):
-    of a format `sae_files` reads in parts, only those rows are read from disk.
+    """Load each layer's SAE in turn, check it fits `model`, keep only the decoder rows of the features in
+    `config.<field>` ("features" or "reader_features"; float32, CPU): of a format `sae_files` reads in parts, only
+    those rows are read from disk.
 
     Returns the rows per layer and each SAE's metadata (hook, width, Neuronpedia id) for the model card.
     """
+    rows, info = _decoder_rows_by_field(model, config, (field,), show_progress)
+    return rows[field], info
+
+
+def _decoder_rows_by_field(
+    model: nn.Module, config: SAILSConfig, names: tuple[str, ...], show_progress: bool = True
+) -> tuple[dict[str, dict[int, torch.Tensor]], dict[int, dict]]:
+    """`decoder_rows_of_features` for several feature fields at once, each SAE loaded once for all of them."""
     model_device(model)  # a clear error if the weights are on the meta device
-    rows, info = {}, {}
+    rows: dict[str, dict[int, torch.Tensor]] = {name: {} for name in names}
+    info = {}
     for layer in tqdm(config.layers, desc="SAILS subspace: loading SAEs", disable=not show_progress):
-        ids = [f["id"] for f in config.features.get(layer, [])]
-        if not ids:
+        ids = {name: [f["id"] for f in (getattr(config, name) or {}).get(layer, [])] for name in names}
+        if not any(ids.values()):
             continue
         sae, decoder_rows = load_sae_parts(config.sae_release, config.sae_ids[layer], encoder=False)
         check_sae_fits(sae, model, layer, config.check_sae_model)
-        if max(ids) >= sae.cfg.d_sae:
-            raise ValueError(
-                f"Feature id {max(ids)} at layer {layer} does not exist: the SAE has d_sae={sae.cfg.d_sae}. "
-                "The features were selected with another SAE; run select_features again."
-            )
-        rows[layer] = decoder_rows(ids).clone()
+        for name, chosen in ids.items():
+            if not chosen:
+                continue
+            if max(chosen) >= sae.cfg.d_sae:
+                which = " of `reader_features`" if name == "reader_features" else ""
+                raise ValueError(
+                    f"Feature id {max(chosen)}{which} at layer {layer} does not exist: the SAE has "
+                    f"d_sae={sae.cfg.d_sae}. The features were selected with another SAE; run {_SELECTOR[name]} again."
+                )
+            rows[name][layer] = decoder_rows(chosen).clone()
         meta = sae.cfg.metadata
         info[layer] = {"hook_name": meta.hook_name, "d_sae": sae.cfg.d_sae, "neuronpedia_id": meta.neuronpedia_id}
         del sae
-    if not rows:
-        raise ValueError("`features` selects no feature in any layer; run select_features first.")
+    for name in names:
+        if not rows[name]:
+            raise ValueError(f"`{name}` selects no feature in any layer; run {_SELECTOR[name]} first.")
     return rows, info
 
 
@@ -129,10 +145,32 @@ def base_model_of(model: nn.Module) -> nn.Module:
 
 
 def compute_sails_subspace(model: nn.Module, config: SAILSConfig, show_progress: bool = True) -> tuple[Subspace, dict]:
-    """Stage 2 from `config.features`: the basis, and statistics to store in `config.subspace_stats`."""
-    rows, info = decoder_rows_of_features(model, config, show_progress)
+    """Stage 2 from `config.features`: the basis, and statistics to store in `config.subspace_stats`.
+
+    Two-sided (`config.reader_features` set): the same stage 2 runs on the reader features too; the returned
+    subspace is that of `features` (the writers') with the readers' own in `subspace.readers`, and the statistics
+    keep the writers' at the top level, the readers' under "readers", and "reader_writer_overlap" =
+    ||U_readers U_writers^T||_F^2 / r (1: the same subspace; about r / d_model for unrelated ones)."""
+    names = ("features", "reader_features") if config.reader_features is not None else ("features",)
+    rows, info = _decoder_rows_by_field(model, config, names, show_progress)
     ranks = [config.r, *config.rank_pattern.values()] if config.rank_pattern else [config.r]
-    subspace = build_subspace(torch.cat(list(rows.values())), config.variance_threshold, max(ranks),
+    sides = {name: _side_subspace(rows[name], info, config, max(ranks)) for name in names}
+    subspace, stats = sides["features"]
+    if "reader_features" in sides:
+        readers, reader_stats = sides["reader_features"]
+        subspace.readers = readers
+        overlap = (readers.basis.double() @ subspace.basis.double().T).square().sum() / subspace.basis.shape[0]
+        stats = {**stats, "readers": reader_stats, "reader_writer_overlap": float(overlap)}
+        if config.writer_init == "lora":
+            logger.info("SAILS: writer_init='lora': only the readers start in a SAILS basis (reader_features); "
+                        "`features` is not used.")
+    return subspace, stats
+
+
+def _side_subspace(rows: dict[int, torch.Tensor], info: dict[int, dict], config: SAILSConfig,
+                   rank: int) -> tuple[Subspace, dict]:
+    """Stage 2 on one set of decoder rows (per layer): the basis and its statistics."""
+    subspace = build_subspace(torch.cat(list(rows.values())), config.variance_threshold, rank,
                               fill=config.subspace_fill, seed=config.seed)
     per_layer = {
         str(layer): {
@@ -163,7 +201,8 @@ def module_basis(blocks: nn.ModuleList, name: str, role: Role, basis: torch.Tens
 @torch.no_grad()
 def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig, subspace: Subspace) -> dict[str, int]:
     """Write `subspace` into the LoRA weights of `adapter_name` (cheap: no SAE is loaded); see
-    `initialize_sails_weights` for what each module gets. Returns how many modules of each kind were written."""
+    `initialize_sails_weights` for what each module gets. Readers get `subspace.readers` when it is set
+    (two-sided), writers always `subspace.basis`. Returns how many modules of each kind were written."""
     base = base_model_of(model)
     hidden = base.config.hidden_size
     blocks = decoder_layers(base)
@@ -197,7 +236,7 @@ def write_sails_weights(model: nn.Module, adapter_name: str, config: SAILSConfig
                     f"{'input' if role == 'reader' else 'output'} width is {width}, not hidden_size={hidden}; fix "
                     "reader_modules/writer_modules."
                 )
-            vectors = module_basis(blocks, name, role, subspace.basis[:rank], config) * scale
+            vectors = module_basis(blocks, name, role, subspace.basis_for(role)[:rank], config) * scale
             if role == "reader":
                 lora_a.copy_(vectors.to(lora_a))
                 lora_b.zero_()
@@ -262,6 +301,9 @@ def initialize_sails_weights(
     - writers (`config.writer_modules`, e.g. o/down) with `writer_init="basis"`: `lora_B` columns = basis (mapped
       through the inverse of a post-norm, as in Gemma-2), `lora_A` = 0; with `"lora"`: PEFT's default init;
     - other modules keep PEFT's default init (a warning lists them).
+
+    Two-sided (experimental, `config.reader_features` set): readers get the basis built (same stage 2) from
+    `reader_features`, writers the one from `features`; `subspace_stats["readers"]` holds the readers' statistics.
 
     Every basis vector has norm `config.a_scale` (default 1/sqrt(3), PEFT's expected row norm for lora_A), so
     the usual LoRA learning rates apply. Either `lora_A` or `lora_B` is zero, so outputs equal the base model's.

@@ -174,13 +174,15 @@ def principal_angles(rows_a: torch.Tensor, rows_b: torch.Tensor) -> Optional[lis
 
 @torch.no_grad()
 def subspace_shares(
-    model: nn.Module, config: SAILSConfig, basis: torch.Tensor, adapter_name: str = "default", seed: int = 0
+    model: nn.Module, config: SAILSConfig, basis: torch.Tensor, adapter_name: str = "default", seed: int = 0,
+    reader_basis: Optional[torch.Tensor] = None,
 ) -> tuple[list[ModuleShare], dict[str, str]]:
     """The weight view: a `ModuleShare` for every LoRA module of `adapter_name` that reads or writes the residual
     stream (`config.reader_modules` / `writer_modules`), measured in residual-stream coordinates against the
     rows of `basis` (the SAILS subspace itself, not its image behind a norm), so that the share says which
     residual directions a module reads or writes, whatever `norm_mapping` wrote. Returns the shares and the
-    modules left out, with the reason."""
+    modules left out, with the reason. With `reader_basis` (a two-sided subspace), readers are measured against
+    it and writers against `basis`."""
     base = base_model_of(model)
     hidden = base.config.hidden_size
     blocks = decoder_layers(base)
@@ -199,7 +201,7 @@ def subspace_shares(
             skipped[name] = f"a {role} whose {'input' if role == 'reader' else 'output'} is not the residual stream"
             continue
         rank = module.r[adapter_name]
-        init = basis[:rank].double()
+        init = (reader_basis if role == "reader" and reader_basis is not None else basis)[:rank].double()
         random_basis = orthonormalize_rows(torch.randn(rank, hidden, generator=generator, dtype=torch.float64))
         if role == "reader":  # the residual-stream directions read: rows of lora_A · diag(s)
             lora_a = residual_factor(blocks, name, role, lora_a)
@@ -354,7 +356,8 @@ def inspect_adapter(
         raise ValueError("The SAILS config has no `features`: select them first (peft_sails.select_features).")
     base = base_model_of(model)
     subspace, stats = compute_sails_subspace(base, config, show_progress)
-    modules, skipped = subspace_shares(model, config, subspace.basis.double(), adapter_name, seed)
+    modules, skipped = subspace_shares(model, config, subspace.basis.double(), adapter_name, seed,
+                                       reader_basis=subspace.basis_for("reader").double())
     shifts = (feature_shifts(model, tokenizer, config, prompt_sets, top_n, token_scope, show_progress)
               if prompt_sets else [])
     return AdapterInspection(

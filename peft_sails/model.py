@@ -25,8 +25,9 @@ _NO_FEATURES = (
 class SailsModel(LoraModel):
     """LoRA layers created with PEFT's default init, then re-initialised in the SAILS subspace.
 
-    Stage 1 runs here only if the config names its selection data and has no `features` yet. With
-    `low_cpu_mem_usage=True` the adapter weights stay on the meta device until `initialize_sails_weights`.
+    Stage 1 runs here only if the config names its selection data and has no `features` yet (or, with
+    `benign_dataset`, no `reader_features` yet). With `low_cpu_mem_usage=True` the adapter weights stay on the meta
+    device until `initialize_sails_weights`.
     """
 
     prefix: str = "lora_"
@@ -36,10 +37,10 @@ class SailsModel(LoraModel):
         # run for the first adapter), so every SAILS adapter is selected (if needed) and initialised. Everything
         # that can fail on bad input (data, SAEs, fit to the model) runs before the model is touched.
         config: SAILSConfig = self.peft_config[adapter_name]
-        if config.features is None:
-            if config.aligned_dataset is None:
-                raise ValueError(_NO_FEATURES)
-            select_features_from_config(model, config)
+        if config.features is None and config.aligned_dataset is None:
+            raise ValueError(_NO_FEATURES)
+        # stage 1 for what is not selected yet: features, and reader_features when benign_dataset is named
+        select_features_from_config(model, config, overwrite=False)
         # get_peft_model(low_cpu_mem_usage=True) injects under accelerate's init_empty_weights: new parameters
         # (the SAEs' too) land on the meta device, so initialisation waits for initialize_sails_weights.
         empty_init = nn.Linear(1, 1, device="cpu").weight.is_meta or kwargs.get("low_cpu_mem_usage", False)

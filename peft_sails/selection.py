@@ -324,6 +324,43 @@ def select_features(
     return selected
 
 
+def select_reader_features(
+    model: nn.Module,
+    tokenizer: Any,
+    config: SAILSConfig,
+    harmful: Any,
+    benign: Any,
+    show_progress: bool = True,
+) -> SAILSConfig:
+    """Stage 1 for the readers of a two-sided subspace (experimental): return a copy of `config` with
+    `reader_features` set for every layer in `config.sae_ids` (`features` and `sae_fit` are kept as they are).
+
+    The ranking is `select_features`'s, run with `token_scope = config.reader_token_scope` (default "last_prompt",
+    the token where the model decides how to answer) on harmful against benign requests: Δ = mean activation on
+    harmful minus mean on benign, ρ = |Δ| / max(mean |act| harmful, mean |act| benign), top `config.top_k` per layer.
+    With `reader_features` set, `get_peft_model` starts the readers (`reader_modules`: q/k/v/gate/up) in the basis
+    of these request-side features and the writers (o/down) in the basis of `features` (refusal vs compliance).
+
+    Args:
+        model, tokenizer: as for `select_features`.
+        config: a `SAILSConfig`; `reader_token_scope`, `top_k`, `min_firing_rate` and the column names are used.
+        harmful: harmful requests, e.g. the aligned data given to `select_features` (at "last_prompt" or "prompt"
+            only the prompt is scored: the response does not matter, but chat rows must end with one).
+        benign: benign requests, in the same format (e.g. LLM-LAT/benign-dataset turned into chats).
+        show_progress: show progress bars.
+
+    Memory, time and distributed behaviour are those of `select_features` (one more pass over the SAEs).
+    """
+    for data, name in ((harmful, "harmful"), (benign, "benign")):
+        check_selection_data(data, config, tokenizer, name)
+    scoped = copy.deepcopy(config)
+    scoped.token_scope = config.reader_token_scope
+    result = select_features(model, tokenizer, scoped, harmful, benign, show_progress=show_progress)
+    selected = copy.deepcopy(config)
+    selected.reader_features = result.features
+    return selected
+
+
 def _warn_poor_fit(layer: int, fit: dict[str, float], config: SAILSConfig) -> None:
     if not fit["explained_variance"] >= config.min_explained_variance:
         logger.warning(
@@ -335,8 +372,13 @@ def _warn_poor_fit(layer: int, fit: dict[str, float], config: SAILSConfig) -> No
         )
 
 
-def select_features_from_config(model: nn.Module, config: SAILSConfig, tokenizer: Optional[Any] = None) -> None:
-    """Run stage 1 on the datasets named in `config` (Hub ids or local paths) and set `config.features` in place."""
+def select_features_from_config(
+    model: nn.Module, config: SAILSConfig, tokenizer: Optional[Any] = None, overwrite: bool = True
+) -> None:
+    """Run stage 1 on the datasets named in `config` (Hub ids or local paths) and set `config.features` in place;
+    with `config.benign_dataset`, also `config.reader_features` (`select_reader_features` on the harmful requests
+    of `aligned_dataset` against `benign_dataset`). With `overwrite=False`, a side already set is kept (what
+    `get_peft_model` does)."""
     def _load(name: str):
         if os.path.isdir(name) and os.path.exists(os.path.join(name, "dataset_info.json")):
             data = load_from_disk(name)
@@ -344,10 +386,21 @@ def select_features_from_config(model: nn.Module, config: SAILSConfig, tokenizer
             data = load_dataset(name, split=config.dataset_split)
         return data[config.dataset_split] if hasattr(data, "keys") and config.dataset_split in data else data
 
+    writers = overwrite or config.features is None
+    readers = config.benign_dataset is not None and (overwrite or config.reader_features is None)
+    if not (writers or readers):
+        return
+    if config.aligned_dataset is None:
+        raise ValueError("The SAILSConfig names no selection data: set `aligned_dataset` and `unaligned_dataset`.")
     if tokenizer is None:
         name = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or config.base_model_name_or_path
         if not name:
             raise ValueError("Set `tokenizer_name_or_path` in SAILSConfig: the model does not say where it came from.")
         tokenizer = AutoTokenizer.from_pretrained(name)
-    result = select_features(model, tokenizer, config, _load(config.aligned_dataset), _load(config.unaligned_dataset))
-    config.features, config.sae_fit = result.features, result.sae_fit
+    aligned = _load(config.aligned_dataset)
+    if writers:
+        result = select_features(model, tokenizer, config, aligned, _load(config.unaligned_dataset))
+        config.features, config.sae_fit = result.features, result.sae_fit
+    if readers:
+        result = select_reader_features(model, tokenizer, config, aligned, _load(config.benign_dataset))
+        config.reader_features = result.reader_features

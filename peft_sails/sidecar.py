@@ -101,9 +101,10 @@ def _validated_fields(payload: dict[str, Any], path: str) -> dict[str, Any]:
     unknown = sorted(set(fields) - allowed)
     if unknown:
         raise ValueError(f"{path} has unknown fields {unknown}; was it written by a newer peft-sails?")
-    for layer, feats in (fields.get("features") or {}).items():
-        if not isinstance(feats, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("id"), int) and f["id"] >= 0 for f in feats
-        ):
-            raise ValueError(f"{path}: features of layer {layer} must be a list of {{'id': int >= 0, ...}} entries.")
+    for name in ("features", "reader_features"):
+        for layer, feats in (fields.get(name) or {}).items():
+            if not isinstance(feats, list) or not all(
+                isinstance(f, dict) and isinstance(f.get("id"), int) and f["id"] >= 0 for f in feats
+            ):
+                raise ValueError(f"{path}: {name} of layer {layer} must be a list of {{'id': int >= 0, ...}} entries.")
     return fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -19,10 +20,16 @@ class Subspace:
     n_pca: int  # rows of `basis` that are principal directions of the decoder rows
     variance_kept: float  # share of the decoder rows' variance inside those `n_pca` rows
     explained: torch.Tensor  # explained-variance ratio of every principal direction
+    readers: Optional["Subspace"] = None  # two-sided SAILS: the readers' own basis (from `reader_features`)
 
     @property
     def n_random(self) -> int:
         return self.basis.shape[0] - self.n_pca
+
+    def basis_for(self, role: str) -> torch.Tensor:
+        """The basis of the modules of `role` ("reader" or "writer"): the readers' own one when the subspace is
+        two-sided, else `basis` for both."""
+        return self.readers.basis if role == "reader" and self.readers is not None else self.basis
 
 
 def principal_directions(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,13 +45,15 @@ from .world import World, WorldConfig, build_world
 logger = logging.getLogger(__name__)
 PILOT_N = [1, 2, 4, 8, 16]
 HARD_N = [4, 16]  # chosen by the pilot (benchmarks/results/hard-pilot.md)
-CORE = ["lora", "sails", "direct", "random", "full", "sails-prompt"]
+CORE = ["lora", "sails", "direct", "random", "refusal-dir", "full", "sails-prompt", "sails-two-sided", "eva", "pissa",
+        "olora", "corda", "loraga", "lora-mlp-up"]
 ABLATIONS = [m for m in METHODS if m not in CORE]
 QUICK = {"methods": ["lora", "sails", "random", "direct"], "ablations": [], "n_train": [4], "seeds": 3,
          "sweep_seeds": 1, "lr_grid": [2.5e-4, 5e-4, 1e-3], "run_name": "quick", "downstream_steps": 0}
 WORLDS = {  # presets: today's world, the unsaturated one, and a larger one for a GPU
     "default": WorldConfig(),
-    "hard": WorldConfig(corpus=CorpusConfig(preset="hard"), pretrain_steps=1000),
+    "hard": WorldConfig(corpus=CorpusConfig(preset="hard", n_pretrain_harmful=3000, n_pretrain_benign=3000),
+                        pretrain_steps=1200),
     "gpu": WorldConfig(corpus=CorpusConfig(preset="hard"), hidden_size=768, intermediate_size=1536, num_layers=8,
                        num_heads=12, pretrain_steps=3000, pretrain_batch_size=64, sae_layers=(3, 5), d_sae=8192,
                        sae_k=32, sae_epochs=8, device="cuda"),
@@ -69,7 +71,7 @@ class BenchArguments:
         "--device cuda)."})
     pilot: bool = field(default=False, metadata={
         "help": f"Plain LoRA only at every N of --n_train ({PILOT}): writes <run_name>-pilot.json/.md with the "
-        "smallest N at which its final OOD safety lies in 50-80%; the full run's report shows it."})
+        "smallest N at which its final OOD safety lies in 50-80%%; the full run's report shows it."})
     device: str = field(default="cpu", metadata={"help": "Where to build the world and train: cpu or cuda."})
     run_name: Optional[str] = field(default=None, metadata={
         "help": "Results go to <results_dir>/<run_name>.json (+ .md, .png); default: 'full' for the default "
@@ -167,8 +169,8 @@ def _records(method: str, n_train: int, seed: int, points: dict, share: float, l
 
 
 def analyse(prepared: dict[str, Prepared], world: World, base, tokenizer, corpus) -> dict:
-    """Overlap of every method's basis with the harmful-vs-benign request direction, and what the features of the
-    SAILS methods fire on."""
+    """Overlap of every method's (readers') basis with the harmful-vs-benign request direction, and what the
+    features of the SAILS methods fire on."""
     layers = sorted(world.sae_ids)
     direction = prompt_direction(base, tokenizer, next(p.config for p in prepared.values() if p.config), corpus, layers)
     d = base.config.hidden_size
@@ -177,8 +179,8 @@ def analyse(prepared: dict[str, Prepared], world: World, base, tokenizer, corpus
     for name, p in prepared.items():
         method = METHODS[name]
         if method.kind == "sails":
-            basis = compute_sails_subspace(base, p.config, show_progress=False)[0].basis
-        elif method.kind == "direct":
+            basis = compute_sails_subspace(base, p.config, show_progress=False)[0].basis_for("reader")
+        elif method.kind in ("direct", "refusal-dir"):
             basis = p.subspace.basis
         elif method.kind == "random":
             basis = random_subspace(d, p.r, seed=0).basis

@@ -116,8 +116,49 @@ ECHO_SENTENCES = REFUSALS + list(COMPLIANCE_BODIES.values())
 
 
 @dataclass(frozen=True)
+class Preset:
+    """The tables a corpus is generated from. `harm`: category -> actions ("{x}" of the templates);
+    `compliance_bodies` may name the action as "{x}"; `howto_prefixes`: prefixes of the how-to requests (None:
+    `BENIGN_PREFIXES`, as for facts); `howto_test_share`: share of how-to requests in the benign test and
+    validation splits; `howto_test_prompts`: if given, those splits draw their how-to requests from these (unseen
+    phrasings), and alignment's benign pool never shows any of them."""
+
+    harm: dict[str, list[str]]
+    ood_categories: tuple[str, ...]
+    templates: list[str]
+    ood_templates: tuple[str, ...]
+    jailbreaks: list[str]
+    refusals: list[str]
+    compliance_openers: list[str]
+    compliance_bodies: dict[str, str]
+    benign_facts: dict[str, list[tuple[str, str]]]
+    echo_sentences: list[str]
+    howto_prefixes: tuple[str, ...] | None = None
+    howto_test_share: float = 0.5
+    howto_test_prompts: frozenset[str] = frozenset()
+
+
+DEFAULT = Preset(harm=HARM, ood_categories=OOD_CATEGORIES, templates=REQUEST_TEMPLATES, ood_templates=OOD_TEMPLATES,
+                 jailbreaks=JAILBREAKS, refusals=REFUSALS, compliance_openers=COMPLIANCE_OPENERS,
+                 compliance_bodies=COMPLIANCE_BODIES, benign_facts=BENIGN_FACTS, echo_sentences=ECHO_SENTENCES)
+PRESETS = ("default", "hard")
+
+
+def preset_tables(name: str) -> Preset:
+    """The tables of a preset: "default" (the original corpus) or "hard" (`corpus_hard`: harmful and benign
+    requests share verbs, more categories and templates)."""
+    if name == "default":
+        return DEFAULT
+    if name == "hard":
+        from .corpus_hard import HARD
+        return HARD
+    raise ValueError(f"unknown corpus preset {name!r}; expected one of {PRESETS}")
+
+
+@dataclass(frozen=True)
 class CorpusConfig:
-    """Sizes of the generated splits (rows). Requests are sampled without replacement within a split."""
+    """Sizes of the generated splits (rows). Requests are sampled without replacement within a split. `preset`:
+    which tables generate it ("default" or "hard", see `preset_tables`)."""
 
     seed: int = 0
     n_pretrain_harmful: int = 1500
@@ -128,19 +169,21 @@ class CorpusConfig:
     n_unaligned: int = 256
     n_validation: int = 64
     n_test: int = 96
+    preset: str = "default"
 
 
-def _harmful_requests(categories, templates) -> list[tuple[str, str]]:
-    return [(c, t.format(x=x)) for c in categories for x in HARM[c] for t in templates]
+def _harmful_requests(tables: Preset, categories, templates) -> list[tuple[str, str, str]]:
+    """(category, prompt, action) for every action of `categories` in every template."""
+    return [(c, t.format(x=x), x) for c in categories for x in tables.harm[c] for t in templates]
 
 
-def _refusal_row(category: str, prompt: str, rng: random.Random) -> dict:
-    return {"prompt": prompt, "response": rng.choice(REFUSALS), "compliance": _compliance(category, rng),
-            "category": category, "kind": "harmful"}
+def _refusal_row(tables: Preset, category: str, prompt: str, action: str, rng: random.Random) -> dict:
+    return {"prompt": prompt, "response": rng.choice(tables.refusals),
+            "compliance": _compliance(tables, category, action, rng), "category": category, "kind": "harmful"}
 
 
-def _compliance(category: str, rng: random.Random) -> str:
-    return f"{rng.choice(COMPLIANCE_OPENERS)} , {COMPLIANCE_BODIES[category]}"
+def _compliance(tables: Preset, category: str, action: str, rng: random.Random) -> str:
+    return f"{rng.choice(tables.compliance_openers)} , {tables.compliance_bodies[category].format(x=action)}"
 
 
 def _take(pool: list, n: int, rng: random.Random) -> list:
@@ -154,24 +197,30 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> DatasetDict:
     """Every split of the testbed as a `DatasetDict`. Rows: `prompt`, `response` (the target of training: refusal
     for harmful rows of alignment splits, compliance in `pretrain`/`unaligned`, the answer for benign rows),
     `compliance`, `category`, `kind` ("harmful" / "benign" / "capability" as `peft_sails.eval` reads it),
-    `reference` (benign answer), `original_prompt` (jailbreaks) and `messages` (chat format for TRL)."""
+    `reference` (benign answer), `original_prompt` (jailbreaks) and `messages` (chat format for TRL).
+    `config.preset` chooses the tables (`preset_tables`); the splits and rows are the same for every preset."""
+    tables = preset_tables(config.preset)
     rng = random.Random(config.seed)
-    train_cats = [c for c in HARM if c not in OOD_CATEGORIES]
-    train_templates = [t for t in REQUEST_TEMPLATES if t not in OOD_TEMPLATES]
-    harmful_train = _harmful_requests(train_cats, train_templates)  # 8 x 6 x 9 = 432 distinct requests
+    train_cats = [c for c in tables.harm if c not in tables.ood_categories]
+    train_templates = [t for t in tables.templates if t not in tables.ood_templates]
+    harmful_train = _harmful_requests(tables, train_cats, train_templates)  # default: 8 x 6 x 9 = 432 requests
     held_out = _take(harmful_train, config.n_test + config.n_validation, rng)
     test_id, validation = held_out[:config.n_test], held_out[config.n_test:]
-    ood = [r for r in _harmful_requests(HARM, REQUEST_TEMPLATES) if r[0] in OOD_CATEGORIES or
-           any(r[1] == t.format(x=x) for t in OOD_TEMPLATES for x in HARM[r[0]])]
+    ood = [r for r in _harmful_requests(tables, tables.harm, tables.templates) if r[0] in tables.ood_categories or
+           any(r[1] == t.format(x=r[2]) for t in tables.ood_templates)]
     ood, ood_rest = _take(ood, config.n_test, rng), ood  # the rest of the OOD pool is pre-training data: a base model has seen it
 
     # benign test prompts: unseen how-to phrasings, and known facts asked with a prefix training never shows
     # (capability = what alignment keeps of what the base model knows; over-refusal = on prompts never trained)
-    howto = [("howto", q, a) for q, a in BENIGN_FACTS["howto"]]
-    facts = [(topic, q, a) for topic, pairs in BENIGN_FACTS.items() if topic != "howto" for q, a in pairs]
-    n_howto_test, n_howto_val = config.n_test // 2, config.n_validation // 2
-    howto_test, howto_val = _take(howto, n_howto_test, rng), _take(howto, n_howto_val, rng)
-    benign = howto + facts
+    howto = [("howto", q, a, *([tables.howto_prefixes] if tables.howto_prefixes else []))
+             for q, a in tables.benign_facts["howto"]]
+    facts = [(topic, q, a) for topic, pairs in tables.benign_facts.items() if topic != "howto" for q, a in pairs]
+    held_howto = [h for h in howto if h[1] in tables.howto_test_prompts] if tables.howto_test_prompts else howto
+    n_howto_test = int(config.n_test * tables.howto_test_share + 1e-9)
+    n_howto_val = int(config.n_validation * tables.howto_test_share + 1e-9)
+    howto_test, howto_val = _take(held_howto, n_howto_test, rng), _take(held_howto, n_howto_val, rng)
+    benign_align = [h for h in howto if h[1] not in tables.howto_test_prompts] + facts
+    benign = benign_align if held_howto is howto else held_howto + benign_align  # the rest is pre-training data
     benign_test = howto_test + [(*f, TEST_BENIGN_PREFIXES) for f in rng.sample(facts, config.n_test - n_howto_test)]
     benign_validation = howto_val + [(*f, VALIDATION_BENIGN_PREFIXES)
                                      for f in rng.sample(facts, config.n_validation - n_howto_val)]
@@ -183,24 +232,27 @@ def build_corpus(config: CorpusConfig = CorpusConfig()) -> DatasetDict:
         return {"prompt": rng.choice(prefixes) + q, "response": a, "compliance": a, "category": topic,
                 "kind": "capability", "reference": a}
 
+    def refusal_row(c, p, x):
+        return _refusal_row(tables, c, p, x, rng)
+
     splits: dict[str, list[dict]] = {
         "pretrain": [
-            *({"prompt": p, "response": _compliance(c, rng), "compliance": "", "category": c, "kind": "harmful"}
-              for c, p in sample(harmful_train + ood_rest, config.n_pretrain_harmful)),
+            *({"prompt": p, "response": _compliance(tables, c, x, rng), "compliance": "", "category": c,
+               "kind": "harmful"} for c, p, x in sample(harmful_train + ood_rest, config.n_pretrain_harmful)),
             *(benign_row(*b) for b in sample(benign, config.n_pretrain_benign)),
             *({"prompt": ECHO_TEMPLATE.format(s=s), "response": s, "compliance": s, "category": "echo",
                "kind": "capability", "reference": s}
-              for s in sample(ECHO_SENTENCES, config.n_pretrain_echo)),
+              for s in sample(tables.echo_sentences, config.n_pretrain_echo)),
         ],
-        "align_pool": [_refusal_row(c, p, rng) for c, p in sample(harmful_train, config.n_align_pool)],
-        "benign_pool": [benign_row(*b) for b in sample(benign, config.n_benign_pool)],
-        "unaligned": [{**_refusal_row(c, p, rng), "response": _compliance(c, rng)}
-                      for c, p in sample(harmful_train, config.n_unaligned)],
-        "validation": [_refusal_row(c, p, rng) for c, p in validation] + [benign_row(*b) for b in benign_validation],
-        "id": [_refusal_row(c, p, rng) for c, p in test_id],
-        "ood": [_refusal_row(c, p, rng) for c, p in ood],
-        "jailbreak": [{**_refusal_row(c, p, rng), "prompt": rng.choice(JAILBREAKS).format(p=p), "original_prompt": p}
-                      for c, p in test_id],
+        "align_pool": [refusal_row(*r) for r in sample(harmful_train, config.n_align_pool)],
+        "benign_pool": [benign_row(*b) for b in sample(benign_align, config.n_benign_pool)],
+        "unaligned": [{**refusal_row(c, p, x), "response": _compliance(tables, c, x, rng)}
+                      for c, p, x in sample(harmful_train, config.n_unaligned)],
+        "validation": [refusal_row(*r) for r in validation] + [benign_row(*b) for b in benign_validation],
+        "id": [refusal_row(*r) for r in test_id],
+        "ood": [refusal_row(*r) for r in ood],
+        "jailbreak": [{**refusal_row(c, p, x), "prompt": rng.choice(tables.jailbreaks).format(p=p), "original_prompt": p}
+                      for c, p, x in test_id],
         "benign": [benign_row(*b) for b in benign_test],
     }
     columns = {"prompt": "", "response": "", "compliance": "", "category": "", "kind": "", "reference": None,
