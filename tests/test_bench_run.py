@@ -7,7 +7,9 @@ import pytest
 import torch
 from peft import PeftModel
 
+from peft_sails import SAILSConfig
 from peft_sails.bench.cli import BenchArguments, cli, run_bench
+from peft_sails.bench.methods import METHODS
 from peft_sails.bench.corpus import CorpusConfig
 from peft_sails.bench.world import WorldConfig, build_world
 
@@ -21,8 +23,10 @@ TINY_WORLD = WorldConfig(
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     args = BenchArguments(run_name="tiny", results_dir=str(root / "results"), output_dir=str(root / "out"),
-                          cache_dir=str(root / "cache"), methods=["lora", "sails", "direct", "random", "full"],
-                          ablations=["sails-frozen-a"], n_train=[2], seeds=2, steps=3, lr_grid=[1e-3], sweep_seeds=1)
+                          cache_dir=str(root / "cache"),
+                          methods=["lora", "sails", "direct", "random", "full", "refusal-dir", "pissa", "sails-two-sided"],
+                          ablations=["sails-frozen-a", "sails-w512"], n_train=[2], seeds=2, steps=3, lr_grid=[1e-3],
+                          sweep_seeds=1, id_every=1, downstream_steps=2)
     return args, run_bench(args, TINY_WORLD), root
 
 
@@ -34,16 +38,46 @@ def test_records_cover_every_method_seed_split_and_step(bench):
     assert {r["split"] for r in records} == {"id", "ood", "jailbreak", "benign"}
     assert {(r["method"], r["seed"]) for r in records} == {(m, s) for m in args.methods + args.ablations for s in (0, 1)}
     assert {r["step"] for r in records} == {0, 1, 2, 3}
+    downstream = results["downstream"]  # benign fine-tuning after alignment: every run, every test split
+    assert {(r["method"], r["seed"], r["split"]) for r in downstream} == {
+        (m, s, split) for m in args.methods + args.ablations for s in (0, 1) for split in ("id", "ood", "jailbreak", "benign")}
     share = {r["method"]: r["trainable_share"] for r in records}
     assert share["full"] == 1.0 and 0 < share["lora"] == share["sails"] < 1
     assert share["sails-frozen-a"] < share["sails"]  # the readers' A does not train
-    assert set(results["learning_rates"]) == {"lora", "sails", "direct", "random", "full"}
+    assert set(results["learning_rates"]) == set(args.methods)  # the ablations reuse their parent's rate
     assert results["learning_rates"]["full"] == pytest.approx(1e-4)
     on_disk = json.loads((root / "results" / "tiny.json").read_text())
     assert len(on_disk["records"]) == len(records)
     report = (root / "results" / "tiny.md").read_text()
     assert "paired difference to plain LoRA" in report and "What the subspaces hold" in report
+    assert "paired difference to the best peer, `pissa`" in report and "Does the alignment last?" in report
+    assert "sails-two-sided" in results["analysis"]["overlap_with_request_direction"]
     assert (root / "results" / "tiny-curves.png").exists() and (root / "results" / "tiny-paired.png").exists()
+
+
+@pytest.mark.slow
+def test_sae_variant_arm_uses_its_own_saes(bench):
+    args, results, root = bench
+    world = build_world(TINY_WORLD, root / "cache")
+    repo, _ = world.sae_variant(METHODS["sails-w512"].sae)  # cached by the run: no training here
+    assert repo != world.sae_repo and set(world.sae_variant_quality()) == {"512x16-e4-w1000"}
+    config = SAILSConfig.from_pretrained(str(root / "out" / "adapters" / "tiny" / "sails-w512" / "n2-seed0"))
+    assert config.sae_release == repo and max(f["id"] for fs in config.features.values() for f in fs) < 512
+
+
+@pytest.mark.slow
+def test_pilot_runs_lora_only_and_its_choice_reaches_the_full_report(bench):
+    args, _, root = bench
+    pilot = BenchArguments(pilot=True, run_name="tiny-pilot", results_dir=args.results_dir, output_dir=args.output_dir,
+                           cache_dir=args.cache_dir, n_train=[1, 2], seeds=2, steps=3, lr_grid=[1e-3], sweep_seeds=1)
+    assert (pilot.methods, pilot.ablations, pilot.downstream_steps) == (["lora"], [], 0)
+    found = run_bench(pilot, TINY_WORLD)["pilot"]
+    assert set(found["ood_safety"]) == {1, 2} and found["range"] == [0.5, 0.8]
+    assert found["choice"] in (None, 1, 2)
+    assert "## Pilot (plain LoRA only" in (root / "results" / "tiny-pilot.md").read_text()
+    again = run_bench(args, TINY_WORLD)  # nothing left to train; the report now shows the pilot
+    assert again["pilot"]["ood_safety"] == {str(n): v for n, v in found["ood_safety"].items()}
+    assert "## Pilot (plain LoRA only" in (root / "results" / "tiny.md").read_text()
 
 
 @pytest.mark.slow
@@ -97,6 +131,19 @@ def test_arguments_are_checked():
         BenchArguments(methods=["sails"])
     quick = BenchArguments(quick=True)
     assert quick.run_name == "quick" and quick.ablations == [] and len(quick.n_train) == 1
+    with pytest.raises(ValueError, match="Unknown world"):
+        BenchArguments(world="huge")
+    with pytest.raises(ValueError, match="--device cuda, but torch sees no CUDA device"):
+        BenchArguments(device="cuda")
+
+
+def test_world_presets_keep_todays_world_and_differ_from_it():
+    default = BenchArguments().world_config()
+    assert default.key() == "9c034f13a0b8"  # the cached world and the committed results of 0.2 keep their key
+    hard, gpu = BenchArguments(world="hard"), BenchArguments(world="gpu")
+    assert hard.world_config().corpus.preset == "hard" and hard.world_config().key() != default.key()
+    assert (hard.run_name, BenchArguments(world="hard", pilot=True).run_name) == ("hard", "hard-pilot")
+    assert gpu.world_config().hidden_size == 768 and gpu.world_config().device == "cpu"  # the device is --device
 
 
 def test_help_lists_the_options(capsys):

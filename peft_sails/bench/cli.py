@@ -56,7 +56,7 @@ WORLDS = {  # presets: today's world, the unsaturated one, and a larger one for 
                         pretrain_steps=1200),
     "gpu": WorldConfig(corpus=CorpusConfig(preset="hard"), hidden_size=768, intermediate_size=1536, num_layers=8,
                        num_heads=12, pretrain_steps=3000, pretrain_batch_size=64, sae_layers=(3, 5), d_sae=8192,
-                       sae_k=32, sae_epochs=8, device="cuda"),
+                       sae_k=32, sae_epochs=8),
 }
 PILOT = {"methods": ["lora"], "ablations": [], "seeds": 3, "downstream_steps": 0}
 
