@@ -44,7 +44,7 @@ from .world import World, WorldConfig, build_world
 
 logger = logging.getLogger(__name__)
 PILOT_N = [1, 2, 4, 8, 16]
-HARD_N = [4, 16]  # chosen by the pilot (benchmarks/results/hard-pilot.md)
+HARD_N = [1, 4]  # the pilot chose N = 1 (benchmarks/results/hard-pilot.md), and 4 x N
 CORE = ["lora", "sails", "direct", "random", "refusal-dir", "full", "sails-prompt", "sails-two-sided", "eva", "pissa",
         "olora", "corda", "loraga", "lora-mlp-up"]
 ABLATIONS = [m for m in METHODS if m not in CORE]
@@ -223,7 +223,7 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
     results["selection"] = {name: p.config.features for name, p in prepared.items()
                             if p.config is not None and p.config.features}
     seconds["selection"] = round(time.perf_counter() - tick, 1)
-    if "analysis" not in results:
+    if "analysis" not in results and any(p.config for p in prepared.values()):  # not for LoRA alone (the pilot)
         results["analysis"] = analyse(prepared, world, base, tokenizer, corpus)
 
     tick = time.perf_counter()
