@@ -135,3 +135,14 @@ def test_run_alignment_trains_and_saves_a_peer(world, tmp_path):
     assert set(points) == {2} and 0 < share < 1
     loaded = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "adapter"))
     assert loaded.peft_config["default"].r == 2 * R and torch.isfinite(logits(loaded, batch)).all()
+
+
+def test_the_inits_expected_warnings_stay_out_of_the_output(recwarn):
+    import warnings
+
+    from peft_sails.bench.peers import _expected_warnings_off
+
+    with _expected_warnings_off():
+        warnings.warn("PiSSA changes the base weights of the model and should thus not be used with other adapters.")
+        warnings.warn("something else")
+    assert [str(w.message) for w in recwarn] == ["something else"]

@@ -93,7 +93,7 @@ def test_bench_prints_its_stages_the_table_and_every_file(tmp_path, capfd):
         assert stage in err
     assert "SAILS subspace: loading SAEs" not in err  # one bar per stage, not one per adapter
     assert "paired difference to plain LoRA" in out
-    for path in ("tiny.json", "tiny.md", "tiny-inspect/sails/", "tiny-inspect/lora/", "adapters/<method>"):
+    for path in ("tiny.json", "tiny.md", "tiny-inspect/sails/", "tiny-inspect/lora/", "adapters/tiny/<method>"):
         assert path in out
     report = (tmp_path / "results" / "tiny.md").read_text()
     assert "What the adapters changed" in report and "tiny-inspect/lora/subspace_share.png" in report
