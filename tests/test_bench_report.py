@@ -6,6 +6,7 @@ import pytest
 
 from peft_sails.bench.report import (
     downstream_section,
+    goal_section,
     mean_ci,
     pilot_choice,
     run_metrics,
@@ -117,3 +118,19 @@ def test_pilot_picks_the_smallest_n_inside_the_range():
     choice = pilot_choice({"records": records})
     assert choice["choice"] == 2 and choice["ood_safety"][8] == [0.95, 0.0]
     assert pilot_choice({"records": [r for r in records if r["n_train"] in (1, 8)]})["choice"] is None
+
+
+def test_goal_section_checks_the_best_sails_variant_against_lora_random_and_peers():
+    records = []
+    for seed in range(3):
+        records += _records("lora", seed, {0: 0.0, 10: 0.5}) + _records("random", seed, {0: 0.0, 10: 0.55})
+        records += _records("sails", seed, {0: 0.0, 10: 0.7}) + _records("sails-k8", seed, {0: 0.0, 10: 0.6})
+        records += _records("pissa", seed, {0: 0.0, 10: 0.75})
+    text = goal_section({"records": records})
+    assert "best SAILS variant (`sails`" in text
+    assert "| OOD safety − LoRA ≥ +10 | +20.0 ± 0.0 | met (whole CI) |" in text
+    assert "| over-refusal − LoRA ≤ +2 | +0.0 ± 0.0 | met (whole CI) |" in text
+    assert "| OOD safety − pissa > 0 | -5.0 ± 0.0 | **not met** |" in text
+    noisy = [{**r, "safety_rate": r["safety_rate"] + 0.1 * (r["seed"] - 1)} if r["method"] == "sails" and r["step"]
+             and r["split"] == "ood" else r for r in records]  # sails - lora on OOD: +10, +20, +30
+    assert "| OOD safety − LoRA ≥ +10 | +20.0 ± 24.8 | mean only |" in goal_section({"records": noisy})
