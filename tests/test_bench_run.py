@@ -150,3 +150,12 @@ def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit):
         cli(["--help"])
     assert "--quick" in capsys.readouterr().out
+
+
+def test_results_from_before_0_3_resume_only_with_their_scoring_schedule(tmp_path):
+    from peft_sails.bench.cli import _check_resumable
+
+    old = {"runs": [{"method": "lora", "n_train": 4, "seed": 0}], "world": {"key": "k"}, "settings": {"steps": 100}}
+    _check_resumable(old, "k", BenchArguments(quick=True), tmp_path / "quick.json")  # 0.2's schedule: resumes
+    with pytest.raises(ValueError, match="would not be comparable"):
+        _check_resumable(old, "k", BenchArguments(), tmp_path / "full.json")  # dense ID scoring: refused

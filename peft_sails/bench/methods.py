@@ -80,6 +80,8 @@ METHODS = {m.name: m for m in [
            sails={"writer_init": "lora"}, lr_of="sails"),
     Method("sails-two-sided", "sails", "SAILS, two-sided: readers on request-side features (harmful vs benign "
            "prompts, last prompt token), writers on the paper's response-side features", two_sided=True),
+    Method("sails-two-sided-lr", "sails", "control: sails-two-sided at SAILS' own swept learning rate (separates its "
+           "subspace from its rate)", two_sided=True, lr_of="sails"),
     Method("sails-w512", "sails", "SAILS with SAEs of 512 latents (k = 16)", sae=SAESpec(512, 16, 4, 1000), lr_of="sails"),
     Method("sails-w8192", "sails", "SAILS with SAEs of 8,192 latents (k = 16)", sae=SAESpec(8192, 16, 4, 1000),
            lr_of="sails"),
