@@ -159,3 +159,20 @@ def test_results_from_before_0_3_resume_only_with_their_scoring_schedule(tmp_pat
     _check_resumable(old, "k", BenchArguments(quick=True), tmp_path / "quick.json")  # 0.2's schedule: resumes
     with pytest.raises(ValueError, match="would not be comparable"):
         _check_resumable(old, "k", BenchArguments(), tmp_path / "full.json")  # dense ID scoring: refused
+
+
+def test_runs_at_a_learning_rate_the_sweep_no_longer_picks_run_again():
+    from peft_sails.bench.cli import _drop_stale_runs
+
+    def run(method, seed, lr):
+        return {"method": method, "n_train": 4, "seed": seed, "step": 100, "split": "ood", "learning_rate": lr}
+
+    results = {"records": [run("lora", 0, 1e-3), run("lora", 1, 1e-3), run("sails", 0, 1e-3), run("sails-k16", 0, 1e-3),
+                           run("eva", 0, 5e-4)],
+               "runs": [{"method": m, "n_train": 4, "seed": s} for m, s in [("lora", 0), ("sails", 0), ("eva", 0)]],
+               "downstream": [{"method": "sails", "n_train": 4, "seed": 0, "split": "ood"}], "inspection": {"n_train": 4}}
+    stale = _drop_stale_runs(results, {"lora": 1e-3, "sails": 2e-3})  # eva not run this time: kept
+    assert stale == {("sails", 4, 0), ("sails-k16", 4, 0)}  # sails-k16 trains at sails' rate
+    assert {r["method"] for r in results["records"]} == {"lora", "eva"}
+    assert [r["method"] for r in results["runs"]] == ["lora", "eva"] and results["downstream"] == []
+    assert "inspection" not in results  # it read the stale sails adapter

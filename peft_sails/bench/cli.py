@@ -157,6 +157,21 @@ def _check_resumable(results: dict, world_key: str, args: BenchArguments, path: 
             "Use another --run_name (or --results_dir), or delete that file to start over.")
 
 
+def _drop_stale_runs(results: dict, lrs: dict[str, float]) -> set[tuple[str, int, int]]:
+    """Forget the runs made at a learning rate the sweep no longer picks (the grid was extended), so they run again."""
+    stale = {(r["method"], r["n_train"], r["seed"]) for r in results["records"]
+             if r["method"] in METHODS and r["learning_rate"] != lrs.get(METHODS[r["method"]].lr_of or r["method"],
+                                                                       r["learning_rate"])}
+    if stale:
+        logger.warning("Running again at their newly swept learning rate: %s.",
+                       ", ".join(sorted({f"{m} (N={n})" for m, n, _ in stale})))
+        for key in ("records", "runs", "downstream"):
+            results[key] = [r for r in results.get(key, []) if (r["method"], r["n_train"], r["seed"]) not in stale]
+        if any(m in ("sails", "lora") and s == 0 for m, _, s in stale):
+            results.pop("inspection", None)
+    return stale
+
+
 def _save(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -247,6 +262,7 @@ def run_bench(args: BenchArguments, world_config: WorldConfig | None = None) -> 
         if lrs[name] in (min(candidates), max(candidates)) and len(candidates) > 1:
             logger.warning("%s: the best learning rate %g is at the edge of the grid %s.", name, lrs[name], candidates)
     seconds["sweep"] = seconds.get("sweep", 0) + round(time.perf_counter() - tick, 1)
+    _drop_stale_runs(results, lrs)
     _save(path, results)
 
     done = {(r["method"], r["n_train"], r["seed"]) for r in results["runs"]}
