@@ -11,6 +11,7 @@ from peft_sails.bench.report import (
     pilot_choice,
     run_metrics,
     summary_tables,
+    time_section,
     write_report,
 )
 
@@ -134,3 +135,12 @@ def test_goal_section_checks_the_best_sails_variant_against_lora_random_and_peer
     noisy = [{**r, "safety_rate": r["safety_rate"] + 0.1 * (r["seed"] - 1)} if r["method"] == "sails" and r["step"]
              and r["split"] == "ood" else r for r in records]  # sails - lora on OOD: +10, +20, +30
     assert "| OOD safety − LoRA ≥ +10 | +20.0 ± 24.8 | mean only |" in goal_section({"records": noisy})
+
+
+def test_time_section_gives_each_methods_seconds_per_run_at_each_n():
+    runs = [{"method": "lora", "n_train": 4, "seed": s, "seconds": v} for s, v in enumerate([10.0, 20.0])]
+    runs += [{"method": "lora", "n_train": 1, "seed": 0, "seconds": 5.0}]
+    lines = time_section({"runs": runs}).splitlines()
+    assert "| lora | 1 | 1 | 5.0 | 5.0 | 5.0 |" in lines and "| lora | 4 | 2 | 15.0 | 10.0 | 20.0 |" in lines
+    assert lines.index("| lora | 1 | 1 | 5.0 | 5.0 | 5.0 |") < lines.index("| lora | 4 | 2 | 15.0 | 10.0 | 20.0 |")
+    assert time_section({"runs": []}) == ""

@@ -397,6 +397,21 @@ def sweep_section(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_section(results: dict) -> str:
+    """Seconds per alignment run, per method and N (wall clock, as run: other jobs may have shared the CPU)."""
+    by: dict[tuple[str, int], list[float]] = {}
+    for run in results.get("runs", []):
+        by.setdefault((run["method"], run["n_train"]), []).append(run["seconds"])
+    if not by:
+        return ""
+    lines = ["Seconds per alignment run (wall clock; includes scoring, and at the smallest N the benign fine-tuning "
+             "when it ran):", "", "| method | N | runs | mean s | min s | max s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {m} | {n} | {len(v)} | {sum(v) / len(v):.1f} | {min(v):.1f} | {max(v):.1f} |"
+              for (m, n), v in sorted(by.items(), key=lambda kv: kv[0][1])]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results: dict, stem: Path) -> Path:
     """Write `<stem>.md`, `<stem>-curves.png` and `<stem>-paired.png`; return the markdown path."""
     tables, paired = summary_tables(results)
@@ -414,6 +429,7 @@ def write_report(results: dict, stem: Path) -> Path:
         f"# SAILS benchmark: `{stem.name}`", "", world_summary(results), "",
         f"Learning rates (best validation safety minus over-refusal): {lrs}.", "", sweep_section(results),
         f"Time: {seconds}, alignment runs {run_seconds:.0f} s ({len(results.get('runs', []))} runs).", "",
+        time_section(results),
         f"Steps to target: first scored step with ID safety >= {TARGET_SAFETY:.0%} and over-refusal <= "
         f"{TARGET_OVER_REFUSAL:.0%} (median over the seeds that reached it; how many did). Steps to LoRA's final ID "
         "safety: first scored step at which a run's ID safety reaches that of plain LoRA's final model on the same "
