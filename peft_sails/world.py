@@ -66,7 +66,7 @@ class OfflineWorld:
 def sft_args(output_dir: Path, steps: int, lr: float, seed: int) -> SFTConfig:
     return SFTConfig(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=16, learning_rate=lr,
                      lr_scheduler_type="cosine", logging_steps=max(steps // 4, 1), bf16=False, report_to=[],
-                     save_strategy="no", seed=seed, use_cpu=True)
+                     save_strategy="no", seed=seed, use_cpu=True, gradient_checkpointing=False)
 
 
 def build_offline_world(args: WorldArguments) -> OfflineWorld:

@@ -156,9 +156,11 @@ def test_results_from_before_0_3_resume_only_with_their_scoring_schedule(tmp_pat
     from peft_sails.bench.cli import _check_resumable
 
     old = {"runs": [{"method": "lora", "n_train": 4, "seed": 0}], "world": {"key": "k"}, "settings": {"steps": 100}}
-    _check_resumable(old, "k", BenchArguments(quick=True), tmp_path / "quick.json")  # 0.2's schedule: resumes
+    _check_resumable(old, "k", BenchArguments(id_every=0, downstream_steps=0), tmp_path / "full.json")  # 0.2's schedule
     with pytest.raises(ValueError, match="would not be comparable"):
         _check_resumable(old, "k", BenchArguments(), tmp_path / "full.json")  # dense ID scoring: refused
+    with pytest.raises(ValueError, match="eval_fractions"):
+        _check_resumable(old, "k", BenchArguments(quick=True), tmp_path / "quick.json")  # quick scores at 3 points
 
 
 def test_runs_at_a_learning_rate_the_sweep_no_longer_picks_run_again():

@@ -50,7 +50,7 @@ CORE = ["lora", "sails", "direct", "random", "refusal-dir", "full", "sails-promp
 ABLATIONS = [m for m in METHODS if m not in CORE]
 QUICK = {"methods": ["lora", "sails", "random", "direct"], "ablations": [], "n_train": [4], "seeds": 3,
          "sweep_seeds": 1, "lr_grid": [2.5e-4, 5e-4, 1e-3], "run_name": "quick", "downstream_steps": 0,
-         "id_every": 0}  # 0.2's scoring schedule: dense ID scoring would take it past 10 minutes
+         "id_every": 0, "eval_fractions": [0.1, 0.4, 1.0]}  # scoring is half of a run's time: 3 points keep it <= 10 min
 WORLDS = {  # presets: today's world, the unsaturated one, and a larger one for a GPU
     "default": WorldConfig(),
     "hard": WorldConfig(corpus=CorpusConfig(preset="hard", n_pretrain_harmful=3000, n_pretrain_benign=3000),
@@ -94,6 +94,8 @@ class BenchArguments:
     lr_grid: list[float] = field(default_factory=lambda: [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3], metadata={
         "help": "Learning rates swept per adapter method (full fine-tuning sweeps them divided by 10)."})
     sweep_seeds: int = field(default=2, metadata={"help": "Seeds per learning rate in the sweep (other seeds than the test ones)."})
+    eval_fractions: list[float] = field(default_factory=lambda: list(TrainSettings.eval_fractions), metadata={
+        "help": "Score every test split after these fractions of the steps."})
     id_every: int = field(default=TrainSettings.id_every, metadata={
         "help": "Also score the ID split every this many steps in the first half of training (0: never)."})
     downstream_steps: int = field(default=TrainSettings.downstream_steps, metadata={
@@ -114,8 +116,8 @@ class BenchArguments:
         return dataclasses.replace(preset, **width, device=self.device)
 
     def train_settings(self) -> TrainSettings:
-        return TrainSettings(steps=self.steps, id_every=self.id_every, downstream_steps=self.downstream_steps,
-                             device=self.device)
+        return TrainSettings(steps=self.steps, eval_fractions=tuple(self.eval_fractions), id_every=self.id_every,
+                             downstream_steps=self.downstream_steps, device=self.device)
 
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
@@ -148,8 +150,10 @@ def _load(path: Path) -> dict:
 def _check_resumable(results: dict, world_key: str, args: BenchArguments, path: Path) -> None:
     """Refuse to add runs to a results file made with another world, number of steps or scoring schedule."""
     old = results.get("settings", {})
-    mine = {"world": world_key, "steps": args.steps, "id_every": args.id_every, "downstream_steps": args.downstream_steps}
+    mine = {"world": world_key, "steps": args.steps, "eval_fractions": list(args.eval_fractions),
+            "id_every": args.id_every, "downstream_steps": args.downstream_steps}
     theirs = {"world": results.get("world", {}).get("key"), "steps": old.get("steps"),
+              "eval_fractions": old.get("eval_fractions", list(TrainSettings.eval_fractions)),  # before 0.3: fixed
               "id_every": old.get("id_every", 0), "downstream_steps": old.get("downstream_steps", 0)}  # 0.2: neither
     if results["runs"] and theirs != mine:
         raise ValueError(

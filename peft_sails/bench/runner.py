@@ -76,7 +76,8 @@ def _sft_args(settings: TrainSettings, work_dir: Path, steps: int, lr: float, se
     return SFTConfig(output_dir=str(work_dir), max_steps=steps, per_device_train_batch_size=settings.batch_size,
                      learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(steps // 20, 1),
                      logging_steps=steps, bf16=False, report_to=[], save_strategy="no", seed=seed, data_seed=seed,
-                     use_cpu=settings.device == "cpu", disable_tqdm=True)
+                     use_cpu=settings.device == "cpu", disable_tqdm=True,
+                     gradient_checkpointing=False)  # TRL's default recomputes activations: same numbers, more time
 
 
 def run_alignment(method: Method, prepared: Prepared, base: Any, tokenizer: Any, corpus: DatasetDict,

@@ -172,7 +172,7 @@ def _pretrain(model, tokenizer, corpus: DatasetDict, cfg: WorldConfig, out: Path
                      per_device_train_batch_size=cfg.pretrain_batch_size, learning_rate=cfg.pretrain_lr,
                      lr_scheduler_type="cosine", warmup_steps=max(cfg.pretrain_steps // 20, 1),
                      logging_steps=max(cfg.pretrain_steps // 10, 1), bf16=False, report_to=[], save_strategy="no",
-                     seed=cfg.seed, use_cpu=cfg.device == "cpu")
+                     seed=cfg.seed, use_cpu=cfg.device == "cpu", gradient_checkpointing=False)
     data = corpus["pretrain"].select_columns(["messages"]).shuffle(seed=cfg.seed)
     SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=data,
                callbacks=[training_progress("world: pre-training the base model")]).train()
