@@ -118,4 +118,3 @@ def _expected_warnings_off() -> Iterator[None]:
         for message in EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         yield
-
